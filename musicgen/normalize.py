@@ -1,0 +1,62 @@
+"""Output normalization with audiocraft's ``normalize_audio`` defaults (SPEC.md).
+
+peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS,
+then clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, via pyloudnorm), then clamp to
++-1. Near-silent audio (RMS < 2e-3) is left as it is, so silence never turns into NaN or noise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PEAK_CLIP_HEADROOM_DB = 1.0
+RMS_HEADROOM_DB = 18.0
+LOUDNESS_HEADROOM_DB = 14.0
+ENERGY_FLOOR = 2e-3
+STRATEGIES = ("loudness", "clip", "peak", "rms")
+
+
+def _clip(wav: np.ndarray, limit: float = 1.0) -> np.ndarray:
+    clipped = int(np.count_nonzero(np.abs(wav) > limit))
+    if clipped:
+        log.info("normalization clipped %d of %d samples to +-%.3f", clipped, wav.size, limit)
+    return np.clip(wav, -limit, limit)
+
+
+def loudness_lufs(wav: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness (LUFS, BS.1770-4) of (channels, frames) audio; -inf for silence."""
+    import pyloudnorm
+
+    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(wav.T.astype(np.float64)))
+
+
+def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness") -> np.ndarray:
+    """Normalize (channels, frames) float audio; returns a new float32 array."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown normalization strategy {strategy!r}")
+    wav = np.asarray(wav, dtype=np.float64)
+    scale_peak = 10 ** (-PEAK_CLIP_HEADROOM_DB / 20)
+    if strategy == "clip":
+        return _clip(wav, scale_peak).astype(np.float32)
+    if wav.size == 0 or float(np.sqrt(np.mean(wav**2))) < ENERGY_FLOOR:
+        log.info("output is near-silent; %s normalization left it unchanged", strategy)
+        return wav.astype(np.float32)
+    if strategy == "peak":
+        out = wav * (scale_peak / np.abs(wav).max())
+    elif strategy == "rms":
+        mono = wav.mean(axis=0)
+        out = _clip(wav * (10 ** (-RMS_HEADROOM_DB / 20) / np.sqrt(np.mean(mono**2))))
+    else:
+        try:
+            current = loudness_lufs(wav, sample_rate)
+        except ValueError:  # shorter than one 400 ms gating block
+            current = float("-inf")
+        if not np.isfinite(current):
+            log.info("output is too short or quiet to measure loudness; left unchanged")
+            return wav.astype(np.float32)
+        out = _clip(wav * 10 ** ((-LOUDNESS_HEADROOM_DB - current) / 20))
+    return out.astype(np.float32)

@@ -1,0 +1,41 @@
+"""Writing results: 16-bit PCM WAV or 320 kbps CBR MP3, in-process (libsndfile), one fresh directory per
+prediction."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("wav", "mp3")
+MP3_BITRATE_KBPS = 320
+
+
+def new_output_dir(parent: str | Path | None = None) -> Path:
+    """A fresh, private directory for one prediction's files."""
+    return Path(tempfile.mkdtemp(prefix="musicgen-", dir=parent))
+
+
+def write_audio(wav: np.ndarray, sample_rate: int, directory: str | Path, fmt: str = "wav", stem: str = "output") -> Path:
+    """Write (channels, frames) float audio in [-1, 1] to ``directory`` under a unique name; returns the path.
+
+    The file appears under its final name only once it is complete, so a failure never leaves a partial
+    file that looks like a result."""
+    import soundfile as sf
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}")
+    directory = Path(directory)
+    path = directory / f"{stem}-{uuid.uuid4().hex[:8]}.{fmt}"
+    partial = path.with_name("." + path.name + ".partial")
+    data = np.ascontiguousarray(np.asarray(wav, dtype=np.float32).T)
+    if fmt == "wav":
+        sf.write(partial, data, sample_rate, subtype="PCM_16", format="WAV")
+    else:
+        # libsndfile maps compression_level 0.0 to the highest MPEG bitrate (320 kbps) in CONSTANT mode
+        sf.write(partial, data, sample_rate, format="MP3", subtype="MPEG_LAYER_III",
+                 bitrate_mode="CONSTANT", compression_level=0.0)
+    partial.rename(path)
+    return path

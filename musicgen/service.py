@@ -1,0 +1,157 @@
+"""The predictor behind every surface (Cog, CLI, library): load once, then serve GenerationRequests."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import audio_io, chroma, normalize, output, weights
+from .engine import Engine, Progress, WindowSettings
+from .errors import MusicGenError
+from .request import GenerationRequest
+from .sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The audio inputs of a request, decoded and checked."""
+
+    prompt_wav: torch.Tensor | None = None  # continuation prompt (channels, samples), whole codec frames
+    melody_wav: torch.Tensor | None = None  # mono melody (samples,)
+
+
+class ProgressLog:
+    """Logs decode progress about every 10 % (and at the end) with the decoding speed."""
+
+    def __init__(self, every: float = 0.1):
+        self.every = every
+        self.start = time.monotonic()
+        self.next_mark = every
+
+    def __call__(self, done: int, total: int) -> None:
+        if done / total + 1e-9 >= self.next_mark or done == total:
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            log.info("generating: %d/%d steps (%3.0f%%), %.1f steps/s", done, total, 100 * done / total, done / elapsed)
+            self.next_mark = (int(done / total / self.every) + 1) * self.every
+
+
+class MusicGen:
+    """A loaded checkpoint ready to serve requests."""
+
+    def __init__(self, engine: Engine, name: str):
+        self.engine = engine
+        self.name = name
+        self._last_output_dir: Path | None = None
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
+             windows: WindowSettings | None = None, allow_download: bool = True) -> MusicGen:
+        """Load ``checkpoint`` (a directory), or the configured model (MUSICGEN_MODEL / MUSICGEN_WEIGHTS)."""
+        started = time.monotonic()
+        path = Path(checkpoint) if checkpoint is not None else weights.locate(allow_download=allow_download)
+        if not weights.is_checkpoint(path):
+            raise weights.WeightsNotFoundError(
+                f"No MusicGen checkpoint (config.json + *.safetensors) in {path}: run `make weights` or point "
+                "MUSICGEN_WEIGHTS at a checkpoint directory."
+            )
+        dev = weights.pick_device(device)
+        model, tokenizer = weights.load(path, dev)
+        engine = Engine(model, tokenizer, windows)
+        kind = "melody" if engine.is_melody else "text"
+        log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s in %.1f s",
+                 path.name, kind, engine.num_codebooks, engine.channels, dev, time.monotonic() - started)
+        return cls(engine, path.name)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.engine.sample_rate
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, req: GenerationRequest) -> Prepared:
+        """Decode and check the request's audio (melody or continuation prompt)."""
+        eng = self.engine
+        if req.input_audio is None:
+            return Prepared()
+        if not req.continuation:
+            if not eng.is_melody:
+                raise MusicGenError(
+                    f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "
+                    "set continuation=true to continue input_audio, or deploy facebook/musicgen-melody."
+                )
+            seconds = min(req.duration, audio_io.MAX_DECODE_SECONDS)
+            wav, _ = audio_io.load_for_model(req.input_audio, eng.sample_rate, 1, 0.0, max(seconds, eng.windows.window_s))
+            if wav.shape[-1] == 0:
+                raise MusicGenError("input_audio holds no audio samples; upload a clip with an audible melody.")
+            if not chroma.is_informative(wav):
+                raise MusicGenError(
+                    "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "
+                    "or leave input_audio empty to generate from the prompt alone."
+                )
+            return Prepared(melody_wav=wav[0])
+        start, end = req.continuation_start, req.end_seconds
+        wav, decoded = audio_io.load_for_model(req.input_audio, eng.sample_rate, eng.channels, start, end)
+        if start >= decoded.total_seconds:
+            raise MusicGenError(
+                f"continuation_start ({start} s) is at or past the end of input_audio "
+                f"({decoded.total_seconds:.2f} s long); choose an earlier start."
+            )
+        if end is not None and end > decoded.total_seconds:
+            log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip",
+                     end, decoded.total_seconds)
+        usable = (wav.shape[-1] // eng.hop) * eng.hop
+        if usable == 0:
+            raise MusicGenError(
+                f"The continuation prompt is shorter than one codec frame ({1000 * eng.hop / eng.sample_rate:.0f} ms); "
+                "give a longer input_audio or an earlier continuation_start."
+            )
+        if usable != wav.shape[-1]:
+            log.info("continuation prompt trimmed by %d samples at its start to whole codec frames",
+                     wav.shape[-1] - usable)
+        return Prepared(prompt_wav=wav[:, wav.shape[-1] - usable :])
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
+                progress: Progress | None = None) -> list[Path]:
+        """Generate the request's music and write it; returns the written file paths.
+
+        Without ``output_dir`` each call writes into a fresh temporary directory, and the previous call's
+        directory is removed (its files have been handed over by then)."""
+        eng = self.engine
+        seed = req.resolve_seed()
+        log.info("model %s, seed %d", self.name, seed)
+        if not req.continuation and (req.continuation_start != 0 or req.end_seconds is not None):
+            log.info("continuation_start/continuation_end are ignored because continuation is false")
+        prepared = self.prepare(req)
+
+        started = time.monotonic()
+        generator = torch.Generator(device=eng.device).manual_seed(seed)
+        params = SamplingParams(req.temperature, req.top_k, req.top_p, float(req.classifier_free_guidance))
+        prompt_codes = eng.encode(prepared.prompt_wav) if prepared.prompt_wav is not None else None
+        n_new = req.duration * eng.frame_rate
+        codes = eng.generate(req.text, n_new, params, generator, prompt=prompt_codes,
+                             melody=prepared.melody_wav, progress=progress or ProgressLog())
+        generated = time.monotonic()
+        wav = eng.decode(codes).numpy()
+        wav = normalize.normalize(wav, eng.sample_rate, req.normalization_strategy)
+        decoded = time.monotonic()
+
+        if output_dir is None:
+            self._discard_last_output()
+            output_dir = self._last_output_dir = output.new_output_dir()
+        path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
+        log.info("wrote %s (%.2f s of audio): generation %.1f s, decoding %.1f s, total %.1f s",
+                 path.name, wav.shape[-1] / eng.sample_rate, generated - started, decoded - generated,
+                 time.monotonic() - started)
+        return [path]
+
+    def _discard_last_output(self) -> None:
+        if self._last_output_dir is not None:
+            shutil.rmtree(self._last_output_dir, ignore_errors=True)
+            self._last_output_dir = None

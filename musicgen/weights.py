@@ -1,0 +1,131 @@
+"""Locating, downloading and loading checkpoints (transformers format).
+
+Configuration (SPEC.md): MUSICGEN_MODEL (Hub repo id, default facebook/musicgen-melody), MUSICGEN_WEIGHTS
+(local directory, default weights/<name of the model>), MUSICGEN_DEVICE (auto, cpu, cuda). A directory that
+holds a checkpoint is used as it is and nothing is downloaded. Otherwise the checkpoint is downloaded there
+with huggingface_hub (unless HF_HUB_OFFLINE is set); when that fails, one sentence says where we looked and
+which command fetches the weights.
+
+Download from the command line: ``python -m musicgen.weights [MODEL] [--dir DIR]`` (``make weights``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import MusicGenError, WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "facebook/musicgen-melody"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_ROOT = PROJECT_ROOT / "weights"
+# Only what loading needs: configs, tokenizer, safetensors weights (no .bin duplicates).
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "spiece.model", "*.txt"]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def model_id() -> str:
+    return os.environ.get("MUSICGEN_MODEL") or DEFAULT_MODEL
+
+
+def weights_dir(model: str | None = None) -> Path:
+    """Where the checkpoint of ``model`` lives: MUSICGEN_WEIGHTS, else weights/<name of the model>."""
+    env = os.environ.get("MUSICGEN_WEIGHTS")
+    if env:
+        return Path(env).expanduser()
+    return WEIGHTS_ROOT / (model or model_id()).rstrip("/").split("/")[-1]
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def download(model: str, directory: Path) -> Path:
+    """Download ``model`` from the Hugging Face Hub into ``directory`` (resumable; only loading files)."""
+    from huggingface_hub import snapshot_download
+
+    directory.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s into %s", model, directory)
+    snapshot_download(repo_id=model, local_dir=str(directory), allow_patterns=ALLOW_PATTERNS)
+    if not is_checkpoint(directory):
+        raise WeightsNotFoundError(f"{model} was downloaded to {directory} but holds no safetensors checkpoint.")
+    return directory
+
+
+def locate(model: str | None = None, allow_download: bool = True) -> Path:
+    """Return a directory holding the checkpoint, downloading it when allowed and possible."""
+    model = model or model_id()
+    directory = weights_dir(model)
+    if is_checkpoint(directory):
+        return directory
+    reason = "HF_HUB_OFFLINE is set" if _offline() else "downloading is disabled"
+    if allow_download and not _offline():
+        try:
+            return download(model, directory)
+        except WeightsNotFoundError:
+            raise
+        except Exception as exc:  # network, auth, missing repo: all end in the same advice
+            reason = f"the download failed ({type(exc).__name__})"
+            log.warning("download of %s failed: %s", model, exc)
+    raise WeightsNotFoundError(
+        f"No MusicGen checkpoint found in {directory} and {reason}: run `make weights MODEL={model}` "
+        f"(python -m musicgen.weights {model}) where the Hugging Face Hub is reachable, or set MUSICGEN_WEIGHTS "
+        "to a local checkpoint directory."
+    )
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    name = (name or os.environ.get("MUSICGEN_DEVICE") or "auto").lower()
+    if name not in DEVICES:
+        raise MusicGenError(f"MUSICGEN_DEVICE must be one of {', '.join(DEVICES)}, got {name!r}.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MusicGenError("MUSICGEN_DEVICE=cuda but no CUDA GPU is available; use auto or cpu.")
+    return torch.device(name)
+
+
+def load(path: Path, device: torch.device):
+    """Load model and tokenizer from a transformers-format checkpoint directory onto ``device``."""
+    import json
+
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    kind = json.loads((path / "config.json").read_text()).get("model_type")
+    classes = {"musicgen": MusicgenForConditionalGeneration, "musicgen_melody": MusicgenMelodyForConditionalGeneration}
+    if kind not in classes:
+        raise MusicGenError(f"{path} holds a {kind!r} checkpoint, not a MusicGen one (musicgen or musicgen_melody).")
+    model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m musicgen.weights", description="Download a MusicGen checkpoint.")
+    parser.add_argument("model", nargs="?", default=model_id(), help=f"Hub repo id (default {model_id()})")
+    parser.add_argument("--dir", type=Path, default=None, help="target directory (default weights/<name>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    target = args.dir or weights_dir(args.model)
+    try:
+        download(args.model, target)
+    except Exception as exc:
+        print(f"error: could not download {args.model} into {target}: {exc}", file=sys.stderr)
+        return 1
+    print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
