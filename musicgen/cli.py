@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wav or mp3 (default: from the --output extension, else wav)")
     p.add_argument("--seed", type=_optional_int, default=d.seed, help="-1 or none: random")
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output file or directory (default: ./musicgen-<seed>.<format>)")
+                   help="output file, or directory (no extension) to write into; default: the current directory")
     p.add_argument("--weights", type=Path, default=None,
                    help="checkpoint directory (default: MUSICGEN_WEIGHTS or weights/<model>)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: MUSICGEN_DEVICE or auto)")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     target = args.output or Path.cwd()
-    if target.is_dir() or args.output is None:
+    if target.is_dir() or not target.suffix:  # a directory: keep the generated file name
         target = target / produced.name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(produced), target)

@@ -1,0 +1,14 @@
+# Convenience targets; each one is a thin wrapper over scripts/ (which need only python3).
+PROMPT ?= lofi hip hop beat with mellow piano and soft drums
+DURATION ?= 8
+MODEL ?= facebook/musicgen-melody
+
+.PHONY: venv predict test weights
+venv:
+	bash scripts/setup.sh
+predict:
+	bash scripts/predict.sh "$(PROMPT)" --duration $(DURATION)
+test:
+	bash scripts/test.sh
+weights: venv
+	.venv/bin/python -m musicgen.weights $(MODEL)

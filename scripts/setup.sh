@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv with pinned dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+  echo "installing dependencies into .venv ..." >&2
+  .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+  touch "$stamp"
+fi

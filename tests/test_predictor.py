@@ -1,0 +1,235 @@
+"""The Cog predictor end to end (setup() + predict()) on tiny random-weight checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+
+import numpy as np
+import pytest
+from cog import Path
+
+from conftest import SR, read, run
+from musicgen.normalize import loudness_lufs
+
+HOP = 640  # samples per codec frame at 32 kHz / 50 Hz
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- text, melody, continuation
+@pytest.mark.parametrize("duration", [1, 3])
+def test_text_only_wav_is_exact_length(plain_predictor, duration):
+    out = run(plain_predictor, prompt="lofi beat with piano", duration=duration, seed=5)
+    assert out.suffix == ".wav" and out.is_file()
+    wav, sr = read(out)
+    assert sr == SR
+    assert wav.shape == (1, duration * SR)
+    assert np.abs(wav).max() > 0.01  # real audio, not silence
+
+
+def test_unconditional_generation_without_prompt(plain_predictor):
+    wav, _ = read(run(plain_predictor, prompt=None, duration=1, seed=1))
+    assert wav.shape == (1, SR) and np.abs(wav).max() > 0.01
+    wav2, _ = read(run(plain_predictor, prompt="   ", duration=1, seed=1))
+    np.testing.assert_array_equal(wav, wav2)  # blank prompt == no prompt
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
+def test_melody_from_audio_file(melody_predictor, audio_files, fmt):
+    out = run(melody_predictor, prompt="piano", input_audio=Path(audio_files[fmt]), duration=2, seed=3)
+    wav, sr = read(out)
+    assert sr == SR and wav.shape == (1, 2 * SR)
+
+
+def test_melody_changes_the_output(melody_predictor, audio_files):
+    common = dict(prompt="piano", duration=2, seed=11, temperature=0.0)
+    none = read(run(melody_predictor, **common))[0]
+    first = read(run(melody_predictor, input_audio=Path(audio_files["wav"]), **common))[0]
+    other = read(run(melody_predictor, input_audio=Path(audio_files["other_melody"]), **common))[0]
+    assert not np.array_equal(none, first)
+    assert not np.array_equal(first, other)
+
+
+def test_melody_on_plain_model_names_the_model(plain_predictor, audio_files):
+    with pytest.raises(Exception, match=r"The loaded model plain cannot follow a melody"):
+        run(plain_predictor, input_audio=Path(audio_files["wav"]), duration=1)
+
+
+def test_silent_melody_is_refused_with_reason(melody_predictor, audio_files):
+    with pytest.raises(Exception, match=r"input_audio is silent, so it has no melody to follow"):
+        run(melody_predictor, input_audio=Path(audio_files["silent"]), duration=1)
+
+
+@pytest.mark.parametrize("start,end,prompt_s", [(0, None, 4), (1, 3, 2), (1, -1, 3), (2, 99, 2)])
+def test_continuation_length_is_prompt_plus_duration(plain_predictor, audio_files, start, end, prompt_s):
+    out = run(plain_predictor, prompt="piano", input_audio=Path(audio_files["wav"]), continuation=True,
+              continuation_start=start, continuation_end=end, duration=2, seed=4)
+    wav, sr = read(out)
+    assert sr == SR and wav.shape == (1, (prompt_s + 2) * SR)
+
+
+def test_continuation_depends_on_the_prompt_audio(plain_predictor, audio_files):
+    common = dict(prompt="piano", continuation=True, duration=1, seed=8, temperature=0.0)
+    a = read(run(plain_predictor, input_audio=Path(audio_files["wav"]), **common))[0]
+    b = read(run(plain_predictor, input_audio=Path(audio_files["other_melody"]), **common))[0]
+    assert a.shape == b.shape and not np.array_equal(a[:, -SR:], b[:, -SR:])
+
+
+def test_continuation_on_melody_model_with_resampled_stereo_input(melody_predictor, audio_files):
+    out = run(melody_predictor, input_audio=Path(audio_files["stereo44k"]), continuation=True,
+              continuation_start=2, continuation_end=5, duration=1, seed=2)
+    wav, _ = read(out)
+    assert wav.shape == (1, 4 * SR)
+
+
+def test_continuation_fields_ignored_without_continuation(plain_predictor, caplog):
+    with caplog.at_level(logging.INFO):
+        out = run(plain_predictor, continuation_start=3, continuation_end=5, duration=1, seed=1)
+    assert read(out)[0].shape == (1, SR)
+    assert "ignored because continuation is false" in caplog.text
+
+
+# ---------------------------------------------------------------- normalization
+def test_peak_normalization_hits_minus_1_dbfs(plain_predictor):
+    wav, _ = read(run(plain_predictor, prompt="drums", duration=2, seed=1, normalization_strategy="peak"))
+    assert np.abs(wav).max() == pytest.approx(10 ** (-1 / 20), abs=2 / 32768)
+
+
+def test_clip_normalization_stays_within_0_891(plain_predictor):
+    wav, _ = read(run(plain_predictor, prompt="drums", duration=2, seed=1, normalization_strategy="clip"))
+    assert np.abs(wav).max() <= 10 ** (-1 / 20) + 1 / 32768
+
+
+def test_rms_normalization_hits_minus_18_dbfs(plain_predictor):
+    wav, _ = read(run(plain_predictor, prompt="drums", duration=2, seed=1, normalization_strategy="rms"))
+    assert np.abs(wav).max() < 1.0  # nothing clipped, so the target must be met exactly
+    rms_db = 20 * np.log10(np.sqrt(np.mean(wav.mean(axis=0) ** 2)))
+    assert rms_db == pytest.approx(-18.0, abs=0.05)
+
+
+def test_loudness_normalization_hits_minus_14_lufs(plain_predictor):
+    wav, _ = read(run(plain_predictor, prompt="drums", duration=3, seed=1, normalization_strategy="loudness"))
+    assert np.abs(wav).max() < 1.0  # nothing clipped
+    assert loudness_lufs(wav, SR) == pytest.approx(-14.0, abs=0.5)
+
+
+# ---------------------------------------------------------------- output formats
+def test_mp3_output_decodes_to_right_rate_and_duration(plain_predictor):
+    import av
+
+    out = run(plain_predictor, prompt="synth", duration=2, seed=2, output_format="mp3")
+    assert out.suffix == ".mp3"
+    wav, sr = read(out)
+    assert sr == SR and abs(wav.shape[1] - 2 * SR) <= 1152  # within one MP3 frame
+    with av.open(str(out)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name.startswith("mp3") and stream.bit_rate == 320_000
+
+
+def test_each_prediction_writes_into_a_fresh_directory(plain_predictor):
+    first = run(plain_predictor, duration=1, seed=1)
+    second = run(plain_predictor, duration=1, seed=1)
+    assert first.parent != second.parent and first.name != second.name
+    assert second.is_file()
+
+
+# ---------------------------------------------------------------- seeds
+def test_same_seed_gives_identical_bytes(plain_predictor):
+    a = run(plain_predictor, prompt="jazz", duration=2, seed=1234)
+    a_hash = sha(a)
+    b = run(plain_predictor, prompt="jazz", duration=2, seed=1234)
+    assert sha(b) == a_hash
+
+
+def test_different_seeds_give_different_audio(plain_predictor):
+    a = read(run(plain_predictor, prompt="jazz", duration=2, seed=1))[0]
+    b = read(run(plain_predictor, prompt="jazz", duration=2, seed=2))[0]
+    assert not np.array_equal(a, b)
+
+
+def test_seed_zero_is_a_real_seed_and_random_seed_is_logged_and_reproducible(plain_predictor, caplog):
+    a = sha(run(plain_predictor, duration=1, seed=0))
+    assert sha(run(plain_predictor, duration=1, seed=0)) == a
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        first = sha(run(plain_predictor, prompt="rock", duration=1, seed=-1))
+    used = int(re.search(r"seed (\d+)", caplog.text).group(1))
+    assert sha(run(plain_predictor, prompt="rock", duration=1, seed=used)) == first
+
+
+def test_greedy_decoding_ignores_the_seed(plain_predictor):
+    a = read(run(plain_predictor, prompt="jazz", duration=1, seed=1, temperature=0.0))[0]
+    b = read(run(plain_predictor, prompt="jazz", duration=1, seed=2, temperature=0.0))[0]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(top_p=0.9), dict(top_k=0), dict(classifier_free_guidance=0), dict(classifier_free_guidance=1),
+    dict(temperature=2.5, top_k=5),
+])
+def test_sampling_settings_generate(plain_predictor, overrides):
+    wav, _ = read(run(plain_predictor, prompt="ambient", duration=1, seed=3, **overrides))
+    assert wav.shape == (1, SR) and np.isfinite(wav).all()
+
+
+# ---------------------------------------------------------------- errors (SPEC.md's rules)
+@pytest.mark.parametrize("inputs,sentence", [
+    (dict(continuation=True), r"continuation=true needs input_audio"),
+    (dict(duration=0), r"duration must be a whole number of seconds from 1 to 300, got 0"),
+    (dict(duration=301), r"duration must be a whole number of seconds from 1 to 300, got 301"),
+    (dict(normalization_strategy="loud"), r"normalization_strategy must be one of loudness, clip, peak, rms"),
+    (dict(output_format="ogg"), r"output_format must be one of wav, mp3"),
+    (dict(top_k=-1), r"top_k must be a whole number, 0 or more"),
+    (dict(top_p=1.5), r"top_p must be a number from 0 to 1"),
+    (dict(temperature=-0.1), r"temperature must be a number, 0 or more"),
+    (dict(classifier_free_guidance=-1), r"classifier_free_guidance must be a whole number, 0 or more"),
+    (dict(seed=-2), r"seed must be a whole number from 0 to 4294967295, or -1"),
+    (dict(seed=2**32), r"seed must be a whole number from 0 to 4294967295, or -1"),
+    (dict(continuation_start=-1), r"continuation_start must be a whole number of seconds, 0 or more"),
+    (dict(input_audio="/etc/passwd"), r"input_audio must be an uploaded audio file .*not a plain string"),
+])
+def test_invalid_inputs_fail_with_one_sentence(plain_predictor, inputs, sentence):
+    from musicgen import MusicGenError
+
+    with pytest.raises(MusicGenError, match=sentence) as err:
+        run(plain_predictor, duration=inputs.pop("duration", 1), **inputs)
+    message = str(err.value)
+    assert message.endswith(".") and "\n" not in message
+
+
+@pytest.mark.parametrize("start,end,sentence", [
+    (2, 2, r"continuation_end \(2 s\) must be after continuation_start \(2 s\)"),
+    (3, 1, r"continuation_end \(1 s\) must be after continuation_start \(3 s\)"),
+    (4, None, r"continuation_start \(4 s\) is at or past the end of input_audio \(4.00 s long\)"),
+    (10, -1, r"continuation_start \(10 s\) is at or past the end of input_audio"),
+])
+def test_bad_continuation_window(plain_predictor, audio_files, start, end, sentence):
+    from musicgen import MusicGenError
+
+    with pytest.raises(MusicGenError, match=sentence):
+        run(plain_predictor, input_audio=Path(audio_files["wav"]), continuation=True,
+            continuation_start=start, continuation_end=end, duration=1)
+
+
+@pytest.mark.parametrize("name,sentence", [
+    ("text", r"input_audio could not be decoded as audio"),
+    ("empty", r"input_audio is an empty file"),
+])
+def test_unreadable_audio(plain_predictor, audio_files, name, sentence):
+    from musicgen import MusicGenError
+
+    with pytest.raises(MusicGenError, match=sentence):
+        run(plain_predictor, input_audio=Path(audio_files[name]), continuation=True, duration=1)
+
+
+def test_no_output_file_is_left_by_a_failed_prediction(plain_predictor, audio_files, tmp_path):
+    from musicgen import MusicGenError
+
+    before = run(plain_predictor, duration=1, seed=1)
+    with pytest.raises(MusicGenError):
+        run(plain_predictor, input_audio=Path(audio_files["text"]), continuation=True, duration=1)
+    assert sorted(p.name for p in before.parent.iterdir()) == [before.name]
