@@ -3,7 +3,7 @@ PROMPT ?= lofi hip hop beat with mellow piano and soft drums
 DURATION ?= 8
 MODEL ?= facebook/musicgen-melody
 
-.PHONY: venv predict test weights
+.PHONY: venv predict test weights serve schema
 venv:
 	bash scripts/setup.sh
 predict:
@@ -12,3 +12,7 @@ test:
 	bash scripts/test.sh
 weights: venv
 	.venv/bin/python -m musicgen.weights $(MODEL)
+serve:
+	bash scripts/serve.sh
+schema: venv
+	.venv/bin/python -m musicgen.cog_schema

@@ -102,12 +102,23 @@ def load(path: Path, device: torch.device):
 
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
+    from transformers.utils import logging as hf_logging
+
     kind = json.loads((path / "config.json").read_text()).get("model_type")
     classes = {"musicgen": MusicgenForConditionalGeneration, "musicgen_melody": MusicgenMelodyForConditionalGeneration}
     if kind not in classes:
         raise MusicGenError(f"{path} holds a {kind!r} checkpoint, not a MusicGen one (musicgen or musicgen_melody).")
-    model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # MusicGen configs put pad/bos at 2048, one past the codebook, which transformers warns about on every
+    # load; that and the per-tensor progress bar would only clutter the prediction logs.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     return model, tokenizer
 
 

@@ -143,3 +143,32 @@ def test_default_weights_folder_follows_the_model_name(monkeypatch):
     assert weights.weights_dir() == ROOT / "weights" / "musicgen-melody"
     monkeypatch.setenv("MUSICGEN_MODEL", "facebook/musicgen-stereo-small")
     assert weights.weights_dir() == ROOT / "weights" / "musicgen-stereo-small"
+
+
+def test_committed_openapi_schema_is_in_sync_with_predict_py():
+    from musicgen.cog_schema import SCHEMA_PATH, build_schema, render
+
+    assert SCHEMA_PATH.is_file(), "run `python -m musicgen.cog_schema`"
+    assert SCHEMA_PATH.read_text() == render(build_schema()), "run `python -m musicgen.cog_schema`"
+
+
+def test_openapi_schema_describes_every_spec_input():
+    from musicgen.cog_schema import SCHEMA_PATH
+
+    schemas = json.loads(SCHEMA_PATH.read_text())["components"]["schemas"]
+    props = schemas["Input"]["properties"]
+    assert list(props) == list(SPEC_INPUTS)
+    assert "required" not in schemas["Input"]  # every input has a default
+    json_types = {"STRING": "string", "PATH": "string", "INTEGER": "integer", "BOOL": "boolean", "FLOAT": "number"}
+    for name, (primitive, optional, default, ge, le, choices) in SPEC_INPUTS.items():
+        prop = props[name]
+        assert prop["x-order"] == list(SPEC_INPUTS).index(name)
+        assert prop["default"] == default and prop.get("nullable", False) == optional, name
+        assert prop.get("minimum") == ge and prop.get("maximum") == le, name
+        if choices:
+            enum = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
+            assert enum["enum"] == choices and enum["type"] == "string"
+        else:
+            assert prop["type"] == json_types[primitive], name
+    assert props["input_audio"]["format"] == "uri"
+    assert schemas["Output"] == {"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"}}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up .venv and run Cog's real HTTP server (coglet) with predict.py on 127.0.0.1:${PORT:-5000}.
+# Extra arguments go to the server, e.g. --upload-url http://127.0.0.1:9000/uploads/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m musicgen.cog_schema --check || {
+  echo "regenerating .cog/openapi_schema.json from predict.py" >&2
+  .venv/bin/python -m musicgen.cog_schema
+}
+# coglet starts its worker with the first `python` on PATH: it must be the venv's.
+export PATH="$PWD/.venv/bin:$PATH"
+export COG_PREDICT_TYPE_STUB="predict.py:Predictor"
+export PORT="${PORT:-5000}"
+exec python -m cog.server.http --host "${HOST:-127.0.0.1}" "$@"

@@ -1,0 +1,233 @@
+"""The predictor behind Cog's real HTTP server (coglet) on 127.0.0.1, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SR, tone
+from http_helpers import ROOT, CogServer, Receiver, request
+
+
+def wav_bytes(data: np.ndarray, sr: int = SR) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, data, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def data_uri(payload: bytes, mime: str = "audio/wav") -> str:
+    return f"data:{mime};base64,{base64.b64encode(payload).decode()}"
+
+
+def decode_output(uri: str) -> tuple[np.ndarray, int]:
+    if uri.startswith("data:"):
+        raw = base64.b64decode(uri.split(",", 1)[1])
+    else:
+        with urllib.request.urlopen(uri, timeout=30) as resp:
+            raw = resp.read()
+    data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    return data.T, sr
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    s = CogServer(checkpoints["melody"])
+    try:
+        s.wait_health()
+        yield s
+    finally:
+        s.stop()
+
+
+def assert_ready(server):
+    status, health = request("GET", server.url + "/health-check")
+    assert status == 200 and health["status"] == "READY", health
+
+
+# ---------------------------------------------------------------- health and schema
+def test_health_is_ready_and_schema_is_served(server):
+    assert_ready(server)
+    status, schema = request("GET", server.url + "/openapi.json")
+    assert status == 200
+    on_disk = json.loads((ROOT / ".cog" / "openapi_schema.json").read_text())
+    assert schema["components"]["schemas"]["Input"] == on_disk["components"]["schemas"]["Input"]
+
+
+def test_setup_failed_with_clear_sentence_when_weights_are_missing(tmp_path):
+    s = CogServer(tmp_path / "no-weights-here")
+    try:
+        health = s.wait_health()
+        assert health["status"] == "SETUP_FAILED"
+        assert f"No MusicGen checkpoint found in {tmp_path / 'no-weights-here'}" in health["setup"]["logs"]
+        assert "make weights" in health["setup"]["logs"]
+        status, _ = request("POST", s.url + "/predictions", {"input": {"prompt": "x"}})
+        assert status == 503
+    finally:
+        s.stop()
+
+
+# ---------------------------------------------------------------- sync predictions
+def test_sync_text_prediction(server):
+    status, body = server.predict({"prompt": "lofi beat", "duration": 2, "seed": 1})
+    assert status == 200 and body["status"] == "succeeded", body
+    assert isinstance(body["output"], list) and len(body["output"]) == 1
+    wav, sr = decode_output(body["output"][0])
+    assert sr == SR and wav.shape == (1, 2 * SR)
+    assert "seed 1" in body["logs"] and "model melody" in body["logs"]
+    assert re.search(r"generating: \d+/\d+ steps", body["logs"]) and "generation " in body["logs"]
+
+
+def test_sync_melody_from_data_uri(server):
+    melody = wav_bytes(tone([261.63, 392.0], 3.0))
+    status, body = server.predict({"prompt": "piano", "input_audio": data_uri(melody), "duration": 2,
+                                   "seed": 2, "output_format": "mp3"})
+    assert status == 200 and body["status"] == "succeeded", body
+    wav, sr = decode_output(body["output"][0])
+    assert sr == SR and abs(wav.shape[1] - 2 * SR) <= 1152
+
+
+def test_sync_continuation_from_http_url(server, receiver):
+    receiver.files["/clip.wav"] = wav_bytes(tone([440.0, 330.0], 4.0))
+    status, body = server.predict({"input_audio": receiver.url + "/clip.wav", "continuation": True,
+                                   "continuation_start": 1, "continuation_end": 3, "duration": 2, "seed": 3})
+    assert status == 200 and body["status"] == "succeeded", body
+    wav, sr = decode_output(body["output"][0])
+    assert wav.shape == (1, (2 + 2) * SR)
+
+
+# ---------------------------------------------------------------- validation and failures
+@pytest.mark.parametrize("inputs,field", [
+    ({"duration": 0}, "duration"),
+    ({"duration": 301}, "duration"),
+    ({"normalization_strategy": "louder"}, "normalization_strategy"),
+    ({"top_k": "many"}, "top_k"),
+    ({"seed": -2}, "seed"),
+])
+def test_schema_violations_are_422(server, inputs, field):
+    status, body = server.predict(inputs)
+    assert status == 422, body
+    assert any(d["loc"][-1] == field for d in body["detail"]), body
+
+
+@pytest.mark.parametrize("inputs,sentence", [
+    ({"continuation": True}, "continuation=true needs input_audio: upload the clip to continue, or set continuation=false."),
+    ({"continuation": True, "continuation_start": 3, "continuation_end": 2, "input_audio": "AUDIO"},
+     "continuation_end (2 s) must be after continuation_start (3 s); use -1 for the end of the clip."),
+    ({"continuation": True, "input_audio": "TEXT"},
+     "input_audio could not be decoded as audio; upload a complete wav, mp3, flac, ogg/vorbis, opus, m4a/aac or aiff file."),
+    ({"input_audio": "just a string"}, "input_audio must be an uploaded audio file (a file or URL), not a plain string"),
+])
+def test_user_errors_fail_with_one_sentence_and_server_stays_ready(server, inputs, sentence):
+    inputs = dict(inputs, duration=1)
+    if inputs.get("input_audio") == "AUDIO":
+        inputs["input_audio"] = data_uri(wav_bytes(tone([440.0], 4.0)))
+    elif inputs.get("input_audio") == "TEXT":
+        inputs["input_audio"] = data_uri(b"definitely not audio\n" * 50, "text/plain")
+    status, body = server.predict(inputs)
+    assert status == 200 and body["status"] == "failed", body
+    assert sentence in body["error"]
+    assert "Traceback" not in body["error"]
+    assert_ready(server)
+    status, body = server.predict({"duration": 1, "seed": 1})
+    assert body["status"] == "succeeded", body
+
+
+# ---------------------------------------------------------------- async, webhooks, cancel, concurrency
+def _events_for(receiver, pid):
+    return [p for p in receiver.posts if p and p.get("id") == pid]
+
+
+def test_async_prediction_sends_webhooks(server, receiver):
+    pid = "async-" + uuid.uuid4().hex[:8]
+    status, body = server.predict({"prompt": "jazz", "duration": 1, "seed": 4}, headers={"Prefer": "respond-async"},
+                                  prediction_id=pid, webhook=receiver.url + "/hook")
+    assert status == 202, body
+    receiver.wait_for(lambda: any(e["status"] == "succeeded" for e in _events_for(receiver, pid)))
+    events = _events_for(receiver, pid)
+    assert len(events) >= 2  # at least the start and the completion
+    final = events[-1]
+    assert final["status"] == "succeeded"
+    wav, sr = decode_output(final["output"][0])
+    assert wav.shape == (1, SR)
+
+
+def test_webhook_events_filter_is_honoured(server, receiver):
+    pid = "filtered-" + uuid.uuid4().hex[:8]
+    status, _ = server.predict({"duration": 1, "seed": 5}, headers={"Prefer": "respond-async"}, prediction_id=pid,
+                               webhook=receiver.url + "/hook", events=["completed"])
+    assert status == 202
+    receiver.wait_for(lambda: any(e["status"] == "succeeded" for e in _events_for(receiver, pid)))
+    assert_ready(server)  # the prediction is over: no later event can still arrive
+    assert [e["status"] for e in _events_for(receiver, pid)] == ["succeeded"]
+
+
+def test_cancel_stops_generation_and_next_request_succeeds(server, receiver):
+    pid = "cancel-" + uuid.uuid4().hex[:8]
+    status, _ = server.predict({"duration": 300, "seed": 6}, headers={"Prefer": "respond-async"}, prediction_id=pid,
+                               webhook=receiver.url + "/hook")
+    assert status == 202
+    # wait until decoding has really started, then cancel
+    receiver.wait_for(lambda: any("generating:" in (e.get("logs") or "") for e in _events_for(receiver, pid)))
+    status, _ = request("POST", f"{server.url}/predictions/{pid}/cancel")
+    assert status == 200
+    receiver.wait_for(lambda: any(e["status"] == "canceled" for e in _events_for(receiver, pid)), timeout=60)
+    final = [e for e in _events_for(receiver, pid) if e["status"] == "canceled"][-1]
+    done, total = map(int, re.findall(r"generating: (\d+)/(\d+) steps", final["logs"])[-1])
+    assert done < total  # it stopped mid-generation instead of running to the end
+    status, body = server.predict({"duration": 1, "seed": 7}, retries_409=30)
+    assert status == 200 and body["status"] == "succeeded", body
+
+
+def test_second_concurrent_request_gets_409(server):
+    results = {}
+
+    def long_request():
+        results["first"] = server.predict({"duration": 30, "seed": 8}, retries_409=0)
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    try:
+        for _ in range(600):  # until the first one holds the slot
+            if request("GET", server.url + "/health-check")[1]["status"] == "BUSY":
+                break
+            threading.Event().wait(0.05)
+        status, body = request("POST", server.url + "/predictions", {"input": {"duration": 1}})
+        assert status == 409, body
+    finally:
+        worker.join(timeout=300)
+    status, body = results["first"]
+    assert status == 200 and body["status"] == "succeeded", body
+    assert decode_output(body["output"][0])[0].shape == (1, 30 * SR)
+
+
+# ---------------------------------------------------------------- uploads
+def test_outputs_are_uploaded_to_upload_url(checkpoints, receiver):
+    s = CogServer(checkpoints["plain"], upload_url=receiver.url + "/uploads/")
+    try:
+        assert s.wait_health()["status"] == "READY"
+        status, body = s.predict({"prompt": "rock", "duration": 1, "seed": 9})
+        assert status == 200 and body["status"] == "succeeded", body
+        url = body["output"][0]
+        assert url.startswith(receiver.url + "/uploads/"), url
+        path = url[len(receiver.url):]
+        assert path in receiver.uploads
+        data, sr = sf.read(io.BytesIO(receiver.uploads[path]), always_2d=True)
+        assert sr == SR and data.shape[0] == SR
+    finally:
+        s.stop()
