@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import time
@@ -49,6 +50,7 @@ class MusicGen:
         self.engine = engine
         self.name = name
         self._last_output_dir: Path | None = None
+        atexit.register(self.release_outputs)
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
@@ -75,46 +77,66 @@ class MusicGen:
 
     # ------------------------------------------------------------------ inputs
     def prepare(self, req: GenerationRequest) -> Prepared:
-        """Decode and check the request's audio (melody or continuation prompt)."""
-        eng = self.engine
+        """Decode and check the request's audio (melody or continuation prompt), reading only the part of
+        the file that generation can use."""
         if req.input_audio is None:
             return Prepared()
-        if not req.continuation:
-            if not eng.is_melody:
-                raise MusicGenError(
-                    f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "
-                    "set continuation=true to continue input_audio, or deploy facebook/musicgen-melody."
-                )
-            seconds = min(req.duration, audio_io.MAX_DECODE_SECONDS)
-            wav, _ = audio_io.load_for_model(req.input_audio, eng.sample_rate, 1, 0.0, max(seconds, eng.windows.window_s))
-            if wav.shape[-1] == 0:
-                raise MusicGenError("input_audio holds no audio samples; upload a clip with an audible melody.")
-            if not chroma.is_informative(wav):
-                raise MusicGenError(
-                    "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "
-                    "or leave input_audio empty to generate from the prompt alone."
-                )
-            return Prepared(melody_wav=wav[0])
-        start, end = req.continuation_start, req.end_seconds
-        wav, decoded = audio_io.load_for_model(req.input_audio, eng.sample_rate, eng.channels, start, end)
-        if start >= decoded.total_seconds:
+        if req.continuation:
+            return Prepared(prompt_wav=self._prompt(req))
+        return Prepared(melody_wav=self._melody(req))
+
+    def _melody(self, req: GenerationRequest) -> torch.Tensor:
+        eng = self.engine
+        if not eng.is_melody:
             raise MusicGenError(
-                f"continuation_start ({start} s) is at or past the end of input_audio "
-                f"({decoded.total_seconds:.2f} s long); choose an earlier start."
+                f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "
+                "set continuation=true to continue input_audio, or deploy facebook/musicgen-melody."
             )
-        if end is not None and end > decoded.total_seconds:
-            log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip",
-                     end, decoded.total_seconds)
+        info = audio_io.probe(req.input_audio)
+        # windows read the melody at their own time offset, so at most the output's length is ever used
+        data = audio_io.read(info, 0.0, max(float(req.duration), eng.windows.window_s))
+        audio_io.check_length(data.shape[1] / info.sample_rate, "input_audio")
+        wav = audio_io.to_model(data, info, eng.sample_rate, 1)[0]
+        if not chroma.is_informative(wav):
+            raise MusicGenError(
+                "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "
+                "or leave input_audio empty to generate from the prompt alone."
+            )
+        return wav
+
+    def _prompt(self, req: GenerationRequest) -> torch.Tensor:
+        eng = self.engine
+        info = audio_io.probe(req.input_audio)
+        start, end, total = req.continuation_start, req.end_seconds, info.seconds
+        if total is not None and start >= total:
+            raise MusicGenError(
+                f"continuation_start ({start} s) is at or past the end of input_audio ({total:.2f} s long); "
+                "choose an earlier start."
+            )
+        if end is not None and total is not None and end > total:
+            log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip", end, total)
+            end = None
+        limit = audio_io.MAX_PROMPT_SECONDS
+        # with an unknown length, read one second past the limit to find out whether it is exceeded
+        data = audio_io.read(info, start, start + limit + 1 if end is None else end)
+        seconds = data.shape[1] / info.sample_rate
+        if data.shape[1] == 0 and start > 0:
+            raise MusicGenError(
+                f"continuation_start ({start} s) is at or past the end of input_audio; choose an earlier start."
+            )
+        if seconds > limit:
+            raise MusicGenError(
+                f"The continuation prompt (input_audio from {start} s to {'its end' if end is None else f'{end} s'}) "
+                f"is longer than the {limit} s limit; choose a shorter part with continuation_start and "
+                "continuation_end."
+            )
+        audio_io.check_length(seconds, "The continuation prompt")
+        wav = audio_io.to_model(data, info, eng.sample_rate, eng.channels)
         usable = (wav.shape[-1] // eng.hop) * eng.hop
-        if usable == 0:
-            raise MusicGenError(
-                f"The continuation prompt is shorter than one codec frame ({1000 * eng.hop / eng.sample_rate:.0f} ms); "
-                "give a longer input_audio or an earlier continuation_start."
-            )
         if usable != wav.shape[-1]:
             log.info("continuation prompt trimmed by %d samples at its start to whole codec frames",
                      wav.shape[-1] - usable)
-        return Prepared(prompt_wav=wav[:, wav.shape[-1] - usable :])
+        return wav[:, wav.shape[-1] - usable :]
 
     # ------------------------------------------------------------------ predict
     def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
@@ -143,7 +165,7 @@ class MusicGen:
         decoded = time.monotonic()
 
         if output_dir is None:
-            self._discard_last_output()
+            self.release_outputs()
             output_dir = self._last_output_dir = output.new_output_dir()
         path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
         log.info("wrote %s (%.2f s of audio): generation %.1f s, decoding %.1f s, total %.1f s",
@@ -151,7 +173,9 @@ class MusicGen:
                  time.monotonic() - started)
         return [path]
 
-    def _discard_last_output(self) -> None:
+    def release_outputs(self) -> None:
+        """Remove the directory of the last prediction's files. Cog has uploaded or encoded them by the
+        time the next prediction starts, which is when this runs (and at exit)."""
         if self._last_output_dir is not None:
             shutil.rmtree(self._last_output_dir, ignore_errors=True)
             self._last_output_dir = None

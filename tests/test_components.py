@@ -9,7 +9,7 @@ import torch
 
 from conftest import SR, tone
 from musicgen import GenerationRequest, MusicGenError
-from musicgen import audio_io, chroma, normalize, output
+from musicgen import chroma, normalize, output
 
 
 def test_request_defaults_follow_spec():
@@ -36,55 +36,6 @@ def test_seed_resolution():
     assert GenerationRequest(seed=2**32 - 1).resolve_seed() == 2**32 - 1
     seeds = {GenerationRequest(seed=-1).resolve_seed() for _ in range(5)}
     assert len(seeds) > 1 and all(0 <= s < 2**32 for s in seeds)
-
-
-def _peak_hz(wav: np.ndarray, sr: int) -> float:
-    spectrum = np.abs(np.fft.rfft(wav * np.hanning(wav.size)))
-    return float(np.fft.rfftfreq(wav.size, 1 / sr)[spectrum.argmax()])
-
-
-@pytest.mark.parametrize("sr", [16000, 44100, 48000])
-def test_decoding_resamples_and_keeps_pitch(tmp_path, sr):
-    path = tmp_path / "a.flac"
-    sf.write(path, np.stack([tone([440.0], 2.0, sr), tone([440.0], 2.0, sr)], axis=1), sr, format="FLAC")
-    wav, decoded = audio_io.load_for_model(path, SR, 1)
-    assert decoded.sample_rate == sr and decoded.total_seconds == pytest.approx(2.0)
-    assert wav.shape == (1, 2 * SR)
-    assert _peak_hz(wav[0].numpy(), SR) == pytest.approx(440.0, abs=1.0)
-
-
-def test_decoding_a_window_reads_only_that_part(tmp_path):
-    path = tmp_path / "a.wav"
-    sf.write(path, tone([440.0], 5.0), SR)
-    wav, decoded = audio_io.load_for_model(path, SR, 2, start=1.0, end=3.0)
-    assert wav.shape == (2, 2 * SR) and decoded.total_seconds == pytest.approx(5.0)
-
-
-def test_decoder_is_chosen_by_content_not_extension(tmp_path):
-    mp3 = tmp_path / "a.mp3"
-    sf.write(mp3, tone([440.0], 1.0), SR, format="MP3")
-    disguised = tmp_path / "upload"  # Cog names data: URI uploads without an extension
-    disguised.write_bytes(mp3.read_bytes())
-    wav, _ = audio_io.load_for_model(disguised, SR, 1)
-    assert abs(wav.shape[1] - SR) <= 1152
-
-
-def test_nan_samples_are_refused(tmp_path):
-    path = tmp_path / "nan.wav"
-    data = tone([440.0], 1.0)
-    data[100] = np.nan
-    sf.write(path, data, SR, subtype="FLOAT")
-    with pytest.raises(MusicGenError, match="NaN or infinity"):
-        audio_io.decode_audio(path)
-
-
-@pytest.mark.parametrize("have,want", [(1, 2), (2, 1), (6, 2), (2, 2)])
-def test_channel_conversion(have, want):
-    wav = torch.arange(have, dtype=torch.float32)[:, None].repeat(1, 10)
-    out = audio_io.convert_channels(wav, want)
-    assert out.shape == (want, 10)
-    if want == 1:
-        assert torch.allclose(out, wav.mean(0, keepdim=True))
 
 
 def test_chroma_of_a_note_lights_its_pitch_class():

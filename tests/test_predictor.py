@@ -233,3 +233,13 @@ def test_no_output_file_is_left_by_a_failed_prediction(plain_predictor, audio_fi
     with pytest.raises(MusicGenError):
         run(plain_predictor, input_audio=Path(audio_files["text"]), continuation=True, duration=1)
     assert sorted(p.name for p in before.parent.iterdir()) == [before.name]
+
+
+def test_previous_outputs_are_removed_when_the_next_prediction_starts(plain_predictor):
+    first = run(plain_predictor, duration=1, seed=1)
+    assert first.is_file()
+    second = run(plain_predictor, duration=1, seed=2)
+    assert not first.parent.exists()  # Cog has taken the first output by now
+    assert sorted(p.name for p in second.parent.iterdir()) == [second.name]
+    plain_predictor.musicgen.release_outputs()
+    assert not second.parent.exists()

@@ -1,0 +1,90 @@
+"""Resource soak: 200 sequential predictions on a tiny random-weight checkpoint, mixing text, melody and
+continuation, through the Cog predictor. Prints RSS at the start, after the warm-up and at the end, and the
+files left in the temp directory. Fails (exit 1) when RSS grows by 5 % or more over the last 150
+predictions, or when any file is left behind.
+
+    .venv/bin/python bench/soak.py [--count 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+WARMUP = 50
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def leftovers(tmp: Path, before: set[str]) -> list[Path]:
+    return [p for p in tmp.iterdir() if p.name not in before and p.name.startswith("musicgen-")]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200)
+    args = parser.parse_args()
+    logging.disable(logging.INFO)  # per-step progress lines would drown the report
+
+    from cog import Path as CogPath
+
+    from musicgen.checkpoints import build_random_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    ckpt = build_random_checkpoint(work / "melody", melody=True, seed=3)
+    t = np.arange(3 * 32000) / 32000
+    clip = work / "clip.wav"
+    sf.write(clip, (0.4 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 32000)
+
+    os.environ["MUSICGEN_WEIGHTS"] = str(ckpt)
+    from predict import Predictor
+
+    predictor = Predictor()
+    predictor.setup()
+    tmp = Path(tempfile.gettempdir())
+    before = {p.name for p in tmp.iterdir()}
+    base = dict(prompt="soak test", input_audio=None, duration=1, continuation=False, continuation_start=0,
+                continuation_end=None, normalization_strategy="loudness", top_k=250, top_p=0.0, temperature=1.0,
+                classifier_free_guidance=3, output_format="wav", seed=None)
+    kinds = [
+        dict(),
+        dict(input_audio=CogPath(clip), output_format="mp3"),
+        dict(input_audio=CogPath(clip), continuation=True, continuation_start=1, normalization_strategy="peak"),
+    ]
+    rss = {"start": rss_mib()}
+    started = time.monotonic()
+    for i in range(args.count):
+        out = predictor.predict(**{**base, **kinds[i % len(kinds)], "seed": i})
+        assert Path(out[0]).is_file()
+        if i + 1 == min(WARMUP, args.count):
+            rss["warm"] = rss_mib()
+    rss["end"] = rss_mib()
+    predictor.musicgen.release_outputs()
+    left = leftovers(tmp, before)
+    growth = (rss["end"] - rss["warm"]) / rss["warm"] * 100
+    print(f"predictions={args.count} seconds={time.monotonic() - started:.1f}")
+    print(f"rss_start_mib={rss['start']:.1f} rss_after_{WARMUP}_mib={rss['warm']:.1f} rss_end_mib={rss['end']:.1f}")
+    print(f"rss_growth_last_{args.count - WARMUP}_pct={growth:.2f} files_left={len(left)}")
+    ok = growth < 5.0 and not left
+    print("soak: OK" if ok else "soak: FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
