@@ -7,6 +7,7 @@ import io
 import json
 import re
 import threading
+import time
 import urllib.request
 import uuid
 
@@ -55,8 +56,14 @@ def server(checkpoints):
         s.stop()
 
 
-def assert_ready(server):
-    status, health = request("GET", server.url + "/health-check")
+def assert_ready(server, settle: float = 5.0):
+    """READY, allowing coglet a moment to release the slot of a prediction that just ended."""
+    deadline = time.monotonic() + settle
+    while True:
+        status, health = request("GET", server.url + "/health-check")
+        if (status == 200 and health["status"] == "READY") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert status == 200 and health["status"] == "READY", health
 
 
