@@ -33,6 +33,17 @@ class WindowSettings:
     stride_s: float = 18.0
 
 
+@dataclass(frozen=True)
+class WindowEvent:
+    """One generated window, reported to ``generate(on_window=...)``."""
+
+    index: int  # 0-based
+    count: int  # windows in this generation
+    start_frame: int  # where the window starts in the clip (prompt included); the melody is read from here
+    context: torch.Tensor  # (K, ctx) tokens the window was prompted with
+    new: torch.Tensor  # (K, n) tokens it generated
+
+
 @dataclass
 class _Conditioning:
     """Decoder keyword arguments for a batch of CFG rows ([cond] or [cond, uncond])."""
@@ -236,6 +247,7 @@ class Engine:
         prompt: torch.Tensor | None = None,
         melody: torch.Tensor | None = None,
         progress: Progress | None = None,
+        on_window: Callable[[WindowEvent], None] | None = None,
     ) -> torch.Tensor:
         """Generate ``n_new`` frames of codes after ``prompt`` (K, P), conditioned on ``text`` and (melody
         checkpoints) a mono ``melody`` waveform at the model's rate. Returns the codes of the whole clip,
@@ -266,8 +278,11 @@ class Engine:
                 cond = self.condition(text, self._chroma(melody, end - ctx_len, self.window_frames), params.cfg_scale)
             if len(plan) > 1:
                 log.info("window %d/%d: %d frames of context, %d new frames", i + 1, len(plan), ctx_len, n)
-            context = self.generate_window(cond, context, n, params, generator, step)
-            out.append(context[:, ctx_len:])
+            window = self.generate_window(cond, context, n, params, generator, step)
+            out.append(window[:, ctx_len:])
+            if on_window is not None:
+                on_window(WindowEvent(i, len(plan), end - ctx_len, context, window[:, ctx_len:]))
+            context = window
             end += n
         return torch.cat(out, dim=1)
 

@@ -21,10 +21,15 @@ STRATEGIES = ("loudness", "clip", "peak", "rms")
 
 
 def _clip(wav: np.ndarray, limit: float = 1.0) -> np.ndarray:
+    """Clamp in place to +-limit, logging how many samples were clipped."""
     clipped = int(np.count_nonzero(np.abs(wav) > limit))
     if clipped:
         log.info("normalization clipped %d of %d samples to +-%.3f", clipped, wav.size, limit)
-    return np.clip(wav, -limit, limit)
+    return np.clip(wav, -limit, limit, out=wav)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
 def loudness_lufs(wav: np.ndarray, sample_rate: int) -> float:
@@ -35,28 +40,28 @@ def loudness_lufs(wav: np.ndarray, sample_rate: int) -> float:
 
 
 def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness") -> np.ndarray:
-    """Normalize (channels, frames) float audio; returns a new float32 array."""
+    """Normalize (channels, frames) float audio; returns a new float32 array (the input is not modified)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown normalization strategy {strategy!r}")
-    wav = np.asarray(wav, dtype=np.float64)
+    wav = np.array(wav, dtype=np.float32)  # one working copy, scaled and clipped in place
     scale_peak = 10 ** (-PEAK_CLIP_HEADROOM_DB / 20)
     if strategy == "clip":
-        return _clip(wav, scale_peak).astype(np.float32)
-    if wav.size == 0 or float(np.sqrt(np.mean(wav**2))) < ENERGY_FLOOR:
+        return _clip(wav, scale_peak)
+    if wav.size == 0 or _rms(wav) < ENERGY_FLOOR:
         log.info("output is near-silent; %s normalization left it unchanged", strategy)
-        return wav.astype(np.float32)
+        return wav
     if strategy == "peak":
-        out = wav * (scale_peak / np.abs(wav).max())
-    elif strategy == "rms":
-        mono = wav.mean(axis=0)
-        out = _clip(wav * (10 ** (-RMS_HEADROOM_DB / 20) / np.sqrt(np.mean(mono**2))))
-    else:
-        try:
-            current = loudness_lufs(wav, sample_rate)
-        except ValueError:  # shorter than one 400 ms gating block
-            current = float("-inf")
-        if not np.isfinite(current):
-            log.info("output is too short or quiet to measure loudness; left unchanged")
-            return wav.astype(np.float32)
-        out = _clip(wav * 10 ** ((-LOUDNESS_HEADROOM_DB - current) / 20))
-    return out.astype(np.float32)
+        wav *= scale_peak / float(np.abs(wav).max())
+        return wav
+    if strategy == "rms":
+        wav *= 10 ** (-RMS_HEADROOM_DB / 20) / _rms(wav.mean(axis=0))
+        return _clip(wav)
+    try:
+        current = loudness_lufs(wav, sample_rate)
+    except ValueError:  # shorter than one 400 ms gating block
+        current = float("-inf")
+    if not np.isfinite(current):
+        log.info("output is too short or quiet to measure loudness; left unchanged")
+        return wav
+    wav *= 10 ** ((-LOUDNESS_HEADROOM_DB - current) / 20)
+    return _clip(wav)

@@ -105,3 +105,47 @@ def test_encode_gives_codes_that_depend_on_the_audio(loaded):
     b = engine.encode(torch.from_numpy(tone([220.0], 1.0))[None])
     assert a.shape == b.shape == (engine.num_codebooks, engine.frame_rate)
     assert not torch.equal(a, b)
+
+
+def test_each_window_is_prompted_with_the_last_tokens_of_the_previous_one(loaded):
+    kind, model, tokenizer = loaded
+    engine = Engine(model, tokenizer, WindowSettings(window_s=2.0, stride_s=1.2))  # 100 frames, 60 stride
+    melody = torch.from_numpy(tone([440.0, 330.0, 262.0], 1.7)) if kind == "melody" else None
+    prompt = torch.randint(0, 2048, (engine.num_codebooks, 25), generator=torch.Generator().manual_seed(3))
+    events = []
+    codes = engine.generate(TEXT, 250, SamplingParams(top_k=50), torch.Generator().manual_seed(1),
+                            prompt=prompt, melody=melody, on_window=events.append)
+    assert codes.shape == (engine.num_codebooks, 25 + 250)
+    assert torch.equal(codes[:, :25], prompt)
+    # plan: (25 ctx, 75 new), then (40, 60), (40, 60), (40, 55)
+    assert [e.index for e in events] == list(range(len(events))) and len(events) == events[0].count == 4
+    assert [e.new.shape[1] for e in events] == [75, 60, 60, 55]
+    assert torch.equal(events[0].context, prompt)  # the first window sees the whole (short) prompt
+    produced = prompt
+    for event in events:
+        ctx = event.context.shape[1]
+        # the window's prompt is exactly the last tokens produced so far, and starts where they start
+        assert torch.equal(event.context, produced[:, produced.shape[1] - ctx :])
+        assert event.start_frame == produced.shape[1] - ctx
+        produced = torch.cat([produced, event.new], dim=1)
+    assert torch.equal(produced, codes)
+    # windows after the first are prompted with window - stride = 40 frames and advance by the stride
+    assert [e.context.shape[1] for e in events[1:]] == [40] * 3
+    assert [e.start_frame for e in events] == [0, 60, 120, 180]
+
+
+def test_windowed_melody_is_read_at_each_windows_time(loaded):
+    kind, model, tokenizer = loaded
+    if kind != "melody":
+        pytest.skip("melody checkpoints only")
+    engine = Engine(model, tokenizer, WindowSettings(window_s=2.0, stride_s=1.2))
+    # a melody whose pitch changes every 0.6 s: windows starting at different times see different chroma
+    melody = torch.from_numpy(tone([262.0, 330.0, 392.0, 494.0, 587.0], 3.0))
+    seen = [engine._chroma(melody, start, engine.window_frames).argmax(1) for start in (0, 60, 120)]
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    # and the window's chroma is the melody's own chroma from that offset (tiled past its end)
+    from musicgen.chroma import chroma as chroma_of
+
+    offset = 60 * engine.hop
+    expected = chroma_of(torch.cat([melody, melody])[offset : offset + engine.window_frames * engine.hop], SR)
+    assert torch.equal(seen[1].float(), expected.argmax(1).float())

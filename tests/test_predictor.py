@@ -243,3 +243,28 @@ def test_previous_outputs_are_removed_when_the_next_prediction_starts(plain_pred
     assert sorted(p.name for p in second.parent.iterdir()) == [second.name]
     plain_predictor.musicgen.release_outputs()
     assert not second.parent.exists()
+
+
+@pytest.mark.parametrize("duration,windows", [(2, 1), (3, 2), (6, 5)])
+@pytest.mark.parametrize("mode", ["text", "melody", "continuation"])
+def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_files, caplog, duration, windows, mode):
+    if mode == "continuation":  # a 1 s prompt keeps 0.8 s of context: windows of 1.2 s new audio
+        windows = {2: 2, 3: 3, 6: 5}[duration]
+    from musicgen.engine import WindowSettings
+
+    engine = melody_predictor.musicgen.engine
+    saved = engine.windows
+    engine.windows = WindowSettings(window_s=2.0, stride_s=1.2)  # shrunk so the tiny model stays fast
+    try:
+        extra = {"melody": dict(input_audio=Path(audio_files["wav"])),
+                 "continuation": dict(input_audio=Path(audio_files["wav"]), continuation=True, continuation_end=1),
+                 "text": {}}[mode]
+        with caplog.at_level(logging.INFO):
+            wav, _ = read(run(melody_predictor, prompt="folk", duration=duration, seed=21, **extra))
+        again, _ = read(run(melody_predictor, prompt="folk", duration=duration, seed=21, **extra))
+    finally:
+        engine.windows = saved
+    prompt_s = 1 if mode == "continuation" else 0
+    assert wav.shape == (1, (prompt_s + duration) * SR)
+    assert (f"window {windows}/{windows}" in caplog.text) == (windows > 1)
+    np.testing.assert_array_equal(wav, again)  # seeds reproduce long outputs
