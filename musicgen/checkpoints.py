@@ -4,8 +4,9 @@ Real checkpoints come from the Hugging Face Hub (see ``musicgen.weights``). Test
 reach it, so they build checkpoints here with the *same file layout* (config.json, model.safetensors,
 tokenizer files, generation_config.json) and load them through the very same code as real weights.
 
-``tiny`` shapes keep the test suite fast; ``small``/``melody`` shapes mirror facebook/musicgen-small and
-facebook/musicgen-melody for benchmarks.
+``tiny`` shapes keep the test suite fast; ``small`` and ``medium`` mirror facebook/musicgen-small and the
+1.5B decoder of facebook/musicgen-medium / facebook/musicgen-melody for benchmarks (the text encoder keeps
+T5-base's shapes with a small vocabulary).
 """
 
 from __future__ import annotations
@@ -72,9 +73,18 @@ def build_random_checkpoint(
     stereo: bool = False,
     preset: str = "tiny",
     seed: int = 0,
-    with_tokenizer: bool = True,
 ) -> Path:
-    """Write a random-weight MusicGen (or MusicGen-Melody) checkpoint to ``dst`` and return the path.
+    """Write a random-weight MusicGen (or MusicGen-Melody) checkpoint to ``dst`` and return the path."""
+    model, tokenizer = build_random_model(melody=melody, stereo=stereo, preset=preset, seed=seed)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst
+
+
+def build_random_model(*, melody: bool = False, stereo: bool = False, preset: str = "tiny", seed: int = 0):
+    """A random-weight MusicGen (or MusicGen-Melody) model in memory, with its tokenizer.
 
     The EnCodec codebooks get random values: transformers initialises them to zeros, which would make
     every token decode to the same audio and every input encode to code 0.
@@ -92,12 +102,10 @@ def build_random_checkpoint(
     )
 
     shapes = _PRESETS[preset]
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    tokenizer = _train_tokenizer(96) if with_tokenizer else None
-    vocab = len(tokenizer) if tokenizer is not None else 32128
+    tokenizer = _train_tokenizer(96)
+    vocab = len(tokenizer)
     text = T5Config(vocab_size=vocab, **shapes["text"], relative_attention_num_buckets=8 if preset == "tiny" else 32)
     codec = EncodecConfig(
         sampling_rate=SAMPLE_RATE,
@@ -162,7 +170,4 @@ def build_random_checkpoint(
         decoder_start_token_id=PAD_TOKEN,
         bos_token_id=PAD_TOKEN,
     )
-    model.save_pretrained(dst)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(dst)
-    return dst
+    return model.eval(), tokenizer

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=None,
                    help="checkpoint directory (default: MUSICGEN_WEIGHTS or weights/<model>)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: MUSICGEN_DEVICE or auto)")
+    p.add_argument("--precision", default=None,
+                   help="decode precision: auto, fp32, bf16, fp16 or int8 (default: MUSICGEN_PRECISION or auto)")
     return p
 
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")
         from .service import MusicGen  # heavy imports only once the arguments are known to be good
 
-        model = MusicGen.load(args.weights, device=args.device)
+        model = MusicGen.load(args.weights, device=args.device, precision=args.precision)
         produced = model.predict(request, progress=_Bar())[0]
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)

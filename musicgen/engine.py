@@ -46,15 +46,59 @@ class WindowEvent:
 
 @dataclass
 class _Conditioning:
-    """Decoder keyword arguments for a batch of CFG rows ([cond] or [cond, uncond])."""
+    """Conditioning for a batch of CFG rows ([cond] or [cond, uncond])."""
 
     rows: int
-    kwargs: dict  # passed to the decoder on the prefill call
-    per_step: dict  # passed on every later call
+    states: torch.Tensor  # plain: text states for cross-attention; melody: the prefix (rows, L, H)
+    mask: torch.Tensor | None = None  # plain: text attention mask (rows, L)
+
+
+class _ReferenceBackend:
+    """transformers' own decoder modules with their dynamic cache (the parity reference)."""
+
+    def __init__(self, hf_decoder, is_melody: bool):
+        self.decoder, self.is_melody = hf_decoder, is_melody
+
+    def start(self, cond: _Conditioning, max_len: int) -> None:
+        self.cond, self.cache, self.first = cond, None, True
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows, k, length = ids.shape
+        if self.is_melody:
+            kwargs = {"encoder_hidden_states": self.cond.states} if self.first else {}
+        else:
+            kwargs = {"encoder_hidden_states": self.cond.states, "encoder_attention_mask": self.cond.mask}
+        out = self.decoder(input_ids=ids.reshape(rows * k, length), past_key_values=self.cache, use_cache=True, **kwargs)
+        self.cache, self.first = out.past_key_values, False
+        return out.logits[:, -1, :].float().reshape(rows, k, -1)
+
+
+class _FastBackend:
+    """The lean decoder of ``musicgen.decoder`` with a preallocated cache."""
+
+    def __init__(self, hf_decoder, is_melody: bool, precision: str):
+        from .decoder import FastDecoder
+
+        self.decoder, self.is_melody = FastDecoder(hf_decoder, precision), is_melody
+
+    def start(self, cond: _Conditioning, max_len: int) -> None:
+        self.prefix = cond.states if self.is_melody else None
+        if self.is_melody:
+            self.decoder.start(cond.rows, cond.states.shape[1] + max_len)
+        else:
+            self.decoder.start(cond.rows, max_len, cond.states, cond.mask)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder.forward(ids, self.prefix)
+        self.prefix = None
+        return logits
 
 
 class Engine:
-    def __init__(self, model, tokenizer, windows: WindowSettings | None = None):
+    def __init__(self, model, tokenizer, windows: WindowSettings | None = None, backend: str = "fast",
+                 precision: str = "fp32"):
+        """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8);
+        "reference" runs transformers' own modules in the checkpoint's dtype (for parity checks)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.windows = windows or WindowSettings()
@@ -71,6 +115,13 @@ class Engine:
         # codebook k is delayed by its index within its channel; stereo interleaves L/R codebooks
         self.delays = torch.tensor([k // self.channels for k in range(self.num_codebooks)])
         self.max_delay = per_channel - 1
+        if backend == "fast":
+            self.backend = _FastBackend(model.decoder, self.is_melody, precision)
+        elif backend == "reference":
+            self.backend = _ReferenceBackend(model.decoder, self.is_melody)
+        else:
+            raise ValueError(f"backend must be 'fast' or 'reference', got {backend!r}")
+        self.backend_name, self.precision = backend, precision if backend == "fast" else "fp32"
 
     @property
     def device(self) -> torch.device:
@@ -134,13 +185,12 @@ class Engine:
                 frames = chroma.shape[0] if chroma is not None else 1
                 uncond = torch.cat([self._melody_states(None, frames), torch.zeros_like(text_states)], dim=1)
                 prefix = torch.cat([cond, uncond], dim=0)
-            return _Conditioning(prefix.shape[0], {"encoder_hidden_states": prefix}, {})
+            return _Conditioning(prefix.shape[0], prefix)
         states = self._project_text(hidden) * mask[..., None]
         if use_cfg:
             states = torch.cat([states, torch.zeros_like(states)], dim=0)
             mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-        kwargs = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
-        return _Conditioning(states.shape[0], kwargs, kwargs)
+        return _Conditioning(states.shape[0], states, mask)
 
     # ---------------------------------------------------------------- codec
     @torch.inference_mode()
@@ -177,12 +227,6 @@ class Engine:
         return torch.stack(out).float().cpu()
 
     # ---------------------------------------------------------------- decoding
-    def _forward(self, ids: torch.Tensor, rows: int, cache, kwargs: dict):
-        batch = ids.repeat(rows, 1)  # (rows * K, L)
-        out = self.model.decoder(input_ids=batch, past_key_values=cache, use_cache=True, **kwargs)
-        logits = out.logits[:, -1, :].float().reshape(rows, self.num_codebooks, -1)
-        return logits, out.past_key_values
-
     def generate_window(
         self,
         cond: _Conditioning,
@@ -208,7 +252,8 @@ class Engine:
             seq[torch.arange(K, device=device)[:, None], cols[None] + 1 + delays[:, None]] = prompt.to(device)
         first_free = 1 + delays + P  # first column each codebook samples
         last_free = 1 + delays + N  # one past the last
-        logits, cache = self._forward(seq[:, : P + 1], cond.rows, None, cond.kwargs)
+        self.backend.start(cond, S)
+        logits = self.backend.forward(seq[None, :, : P + 1].expand(cond.rows, -1, -1))
         for s in range(P + 1, S):
             scores = logits[0] if cond.rows == 1 else apply_cfg(logits[0], logits[1], params.cfg_scale)
             nxt = sample_next(scores, params, generator)
@@ -217,7 +262,7 @@ class Engine:
             if on_step is not None:
                 on_step()
             if s < S - 1:
-                logits, cache = self._forward(seq[:, s : s + 1], cond.rows, cache, cond.per_step)
+                logits = self.backend.forward(seq[None, :, s : s + 1].expand(cond.rows, -1, -1))
         idx = torch.arange(N, device=device)[None] + 1 + delays[:, None]
         return seq.gather(1, idx)
 

@@ -54,8 +54,10 @@ class MusicGen:
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
-             windows: WindowSettings | None = None, allow_download: bool = True) -> MusicGen:
-        """Load ``checkpoint`` (a directory), or the configured model (MUSICGEN_MODEL / MUSICGEN_WEIGHTS)."""
+             windows: WindowSettings | None = None, allow_download: bool = True,
+             precision: str | None = None, backend: str = "fast") -> MusicGen:
+        """Load ``checkpoint`` (a directory), or the configured model (MUSICGEN_MODEL / MUSICGEN_WEIGHTS),
+        on ``device`` (MUSICGEN_DEVICE) decoding in ``precision`` (MUSICGEN_PRECISION)."""
         started = time.monotonic()
         path = Path(checkpoint) if checkpoint is not None else weights.locate(allow_download=allow_download)
         if not weights.is_checkpoint(path):
@@ -64,11 +66,13 @@ class MusicGen:
                 "MUSICGEN_WEIGHTS at a checkpoint directory."
             )
         dev = weights.pick_device(device)
+        precision = weights.pick_precision(dev, precision)
         model, tokenizer = weights.load(path, dev)
-        engine = Engine(model, tokenizer, windows)
+        engine = Engine(model, tokenizer, windows, backend=backend, precision=precision)
         kind = "melody" if engine.is_melody else "text"
-        log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s in %.1f s",
-                 path.name, kind, engine.num_codebooks, engine.channels, dev, time.monotonic() - started)
+        log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
+                 path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
+                 time.monotonic() - started)
         return cls(engine, path.name)
 
     @property

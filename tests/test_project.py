@@ -172,3 +172,21 @@ def test_openapi_schema_describes_every_spec_input():
             assert prop["type"] == json_types[primitive], name
     assert props["input_audio"]["format"] == "uri"
     assert schemas["Output"] == {"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"}}
+
+
+def test_precision_and_device_settings_are_checked(monkeypatch):
+    import torch
+
+    from musicgen import MusicGenError, weights
+
+    cpu = torch.device("cpu")
+    assert weights.pick_precision(cpu, "auto") == weights.default_precision(cpu) == "int8"
+    assert weights.pick_precision(cpu, "fp32") == "fp32"
+    monkeypatch.setenv("MUSICGEN_PRECISION", "int4")
+    assert weights.pick_precision(cpu) == "int4"
+    with pytest.raises(MusicGenError, match="MUSICGEN_PRECISION must be one of auto, fp32, bf16, fp16, int8, int4"):
+        weights.pick_precision(cpu, "fp8")
+    with pytest.raises(MusicGenError, match="MUSICGEN_PRECISION=int8 is a CPU option"):
+        weights.pick_precision(torch.device("cuda"), "int8")
+    with pytest.raises(MusicGenError, match="MUSICGEN_DEVICE must be one of auto, cpu, cuda"):
+        weights.pick_device("tpu")

@@ -1,0 +1,226 @@
+"""A fast MusicGen decoder: the checkpoint's weights in a lean module with a preallocated KV cache.
+
+gpt-fast's recipe applied to MusicGen: the transformers decoder's weights are copied once into plain
+tensors (q/k/v fused, the codebook heads stacked into one matrix, optionally bf16/fp16 or int8
+weight-only), the self-attention cache is allocated once per window at its full length, the text
+cross-attention keys/values are computed once at prefill, and each decode step is a handful of large
+matmuls with no Python-side cache bookkeeping and no host synchronisation. The math is the same as
+transformers' (pre-LayerNorm blocks, exact GELU, sinusoidal positions, sum of codebook embeddings); in fp32
+it reproduces its logits up to float summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+INT4_GROUP = 128
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slowly."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype activations (and float weights) use for ``precision`` on ``device``."""
+    if precision in ("fp32", "bf16", "fp16"):
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if precision == "int4":
+        return torch.bfloat16  # the CPU int4 kernel takes bf16 activations
+    if device.type != "cpu":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32  # int8 weight-only
+
+
+class Linear:
+    """y = x @ W.T in the chosen precision.
+
+    int8: symmetric, one scale per output channel. int4 (CPU): asymmetric, a scale and offset per group of
+    ``INT4_GROUP`` input channels, packed for PyTorch's CPU int4 kernel. Both are weight-only: activations
+    stay in bf16."""
+
+    def __init__(self, weight: torch.Tensor, precision: str, compute_dtype: torch.dtype):
+        self.kind = precision if precision in ("int8", "int4") else "float"
+        w = weight.float()
+        if self.kind == "int4" and (w.shape[1] % 32 or w.shape[0] % 8):
+            self.kind = "int8"  # shapes the int4 kernel cannot take (tiny test models) stay int8
+        if self.kind == "int8":
+            scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.to(compute_dtype)
+        elif self.kind == "int4":
+            n, k = w.shape
+            self.group = min(INT4_GROUP, k)
+            groups = w.reshape(-1, self.group)
+            low, high = groups.amin(dim=1, keepdim=True), groups.amax(dim=1, keepdim=True)
+            scale = (high - low).clamp(min=1e-6) / 15
+            q = ((groups - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+            # the kernel computes (q - 8) * scale + zero, so zero = low + 8 * scale
+            zero = low + 8 * scale
+            self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+            self.scale = (torch.cat([scale.reshape(n, -1, 1), zero.reshape(n, -1, 1)], dim=2)
+                          .transpose(0, 1).contiguous().to(compute_dtype))
+        else:
+            self.weight = weight.to(compute_dtype).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "float":
+            return F.linear(x, self.weight)
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if self.kind == "int8":
+            y = torch._weight_int8pack_mm(flat, self.weight, self.scale)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group, self.scale)
+        return y.reshape(*shape[:-1], -1)
+
+
+class _Layer:
+    def __init__(self, hf_layer, precision: str, dtype: torch.dtype, cross: bool):
+        sa = hf_layer.self_attn
+        self.ln1 = (hf_layer.self_attn_layer_norm.weight.to(dtype), hf_layer.self_attn_layer_norm.bias.to(dtype))
+        qkv = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight], dim=0)
+        self.qkv = Linear(qkv, precision, dtype)
+        self.o = Linear(sa.out_proj.weight, precision, dtype)
+        self.cross = cross
+        if cross:
+            ca = hf_layer.encoder_attn
+            self.ln_c = (hf_layer.encoder_attn_layer_norm.weight.to(dtype), hf_layer.encoder_attn_layer_norm.bias.to(dtype))
+            self.q_c = Linear(ca.q_proj.weight, precision, dtype)
+            self.kv_c = torch.cat([ca.k_proj.weight, ca.v_proj.weight], dim=0).to(dtype)  # used once per window
+            self.o_c = Linear(ca.out_proj.weight, precision, dtype)
+        self.ln2 = (hf_layer.final_layer_norm.weight.to(dtype), hf_layer.final_layer_norm.bias.to(dtype))
+        self.fc1 = Linear(hf_layer.fc1.weight, precision, dtype)
+        self.fc2 = Linear(hf_layer.fc2.weight, precision, dtype)
+        # per-window state
+        self.k_cache = self.v_cache = None
+        self.k_c = self.v_c = None
+
+
+class FastDecoder:
+    """Prefill + one-column decode steps for a MusicGen (or MusicGen-Melody) decoder."""
+
+    def __init__(self, hf_decoder, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        cfg = hf_decoder.config
+        device = next(hf_decoder.parameters()).device
+        self.precision = precision
+        self.dtype = compute_dtype(precision, device)
+        self.device = device
+        inner = hf_decoder.model.decoder
+        self.num_codebooks = cfg.num_codebooks
+        self.hidden = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.head_dim = self.hidden // self.heads
+        self.eps = inner.layer_norm.eps
+        vocab = inner.embed_tokens[0].weight.shape[0]
+        # one table for all codebooks: row k * vocab + id
+        self.embed = torch.cat([e.weight for e in inner.embed_tokens], dim=0).to(self.dtype)
+        self.offsets = (torch.arange(self.num_codebooks, device=device) * vocab)[None, :, None]
+        self._positions_module = inner.embed_positions
+        self.cross = hasattr(inner.layers[0], "encoder_attn")
+        with torch.no_grad():
+            self.layers = [_Layer(layer, precision, self.dtype, self.cross) for layer in inner.layers]
+            self.final_ln = (inner.layer_norm.weight.to(self.dtype), inner.layer_norm.bias.to(self.dtype))
+            heads = torch.cat([h.weight for h in hf_decoder.lm_heads], dim=0)  # (K * V, H)
+            self.heads_out = Linear(heads, precision, self.dtype)
+        self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
+        self.pos = 0
+        self._cross_mask = None
+
+    # ---------------------------------------------------------------- pieces
+    def _positions(self, start: int, length: int) -> torch.Tensor:
+        table = self._positions_module.weights
+        if start + length > table.shape[0]:
+            self._positions_module.make_weights(start + length, self.hidden)
+            table = self._positions_module.weights
+        return table[start : start + length].to(self.dtype)
+
+    def _ln(self, x, wb):
+        return F.layer_norm(x, (self.hidden,), wb[0], wb[1], self.eps)
+
+    def _split_heads(self, x):  # (B, L, H) -> (B, heads, L, D)
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def _merge_heads(self, x):  # (B, heads, L, D) -> (B, L, H)
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.hidden)
+
+    def _attend_one(self, q, keys, values, mask=None):
+        """Attention for a single query position: two small matmuls, cheaper than a fused kernel's setup
+        at decode time (softmax in float32)."""
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * (self.head_dim**-0.5)
+        if mask is not None:
+            scores = scores + mask.float()
+        return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
+
+    # ---------------------------------------------------------------- per-window setup
+    def start(self, rows: int, max_len: int, encoder_states: torch.Tensor | None = None,
+              encoder_mask: torch.Tensor | None = None) -> None:
+        """Allocate the KV cache for ``rows`` batch rows and ``max_len`` positions; for cross-attention
+        checkpoints, precompute the text keys/values."""
+        shape = (rows, self.heads, max_len, self.head_dim)
+        for layer in self.layers:
+            if layer.k_cache is None or layer.k_cache.shape != shape:
+                layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.pos = 0
+        if self.cross:
+            enc = encoder_states.to(self.dtype)
+            for layer in self.layers:
+                kv = F.linear(enc, layer.kv_c)
+                layer.k_c = self._split_heads(kv[..., : self.hidden])
+                layer.v_c = self._split_heads(kv[..., self.hidden :])
+            mask = encoder_mask.bool()[:, None, None, :]  # (B, 1, 1, Le)
+            # fully masked rows (the null condition) attend uniformly over zero states, as transformers does
+            self._cross_mask = torch.where(mask, 0.0, torch.finfo(self.dtype).min).to(self.dtype)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens ``ids`` (rows, K, L) at the next L positions (after an optional embedded ``prefix``
+        (rows, Lp, H), melody checkpoints' conditioning); returns the logits of the last position,
+        (rows, K, vocab), float32."""
+        x = self.embed[(ids + self.offsets)].sum(dim=1)  # (rows, L, H)
+        if prefix is not None:
+            x = torch.cat([prefix.to(self.dtype), x], dim=1)
+        length = x.shape[1]
+        start = self.pos
+        x = x + self._positions(start, length)
+        end = start + length
+        causal = length > 1
+        for layer in self.layers:
+            h = self._ln(x, layer.ln1)
+            qkv = layer.qkv(h)
+            q, k, v = qkv.split(self.hidden, dim=-1)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            layer.k_cache[:, :, start:end] = k
+            layer.v_cache[:, :, start:end] = v
+            keys, values = layer.k_cache[:, :, :end], layer.v_cache[:, :, :end]
+            if not causal:
+                attn = self._attend_one(q, keys, values)
+            elif start > 0:
+                mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            else:
+                attn = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            x = x + layer.o(self._merge_heads(attn))
+            if self.cross:
+                h = self._ln(x, layer.ln_c)
+                q = self._split_heads(layer.q_c(h))
+                if causal:
+                    attn = F.scaled_dot_product_attention(q, layer.k_c, layer.v_c, attn_mask=self._cross_mask)
+                else:
+                    attn = self._attend_one(q, layer.k_c, layer.v_c, self._cross_mask)
+                x = x + layer.o_c(self._merge_heads(attn))
+            h = self._ln(x, layer.ln2)
+            x = x + layer.fc2(F.gelu(layer.fc1(h)))
+        self.pos = end
+        last = self._ln(x[:, -1], self.final_ln)
+        return self.heads_out(last).float().view(x.shape[0], self.num_codebooks, self.vocab_out)
