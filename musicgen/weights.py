@@ -51,15 +51,62 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def expected_files(model: str) -> dict[str, tuple[int | None, str | None]]:
+    """{file name: (size in bytes, sha256 or None)} for the files of ``model`` we download, from the Hub's
+    metadata (needs the network)."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(model, files_metadata=True)
+    files = {}
+    for sibling in info.siblings or []:
+        if any(fnmatch(sibling.rfilename, pattern) for pattern in ALLOW_PATTERNS):
+            files[sibling.rfilename] = (sibling.size, sibling.lfs.sha256 if sibling.lfs else None)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(directory: Path, expected: dict[str, tuple[int | None, str | None]], model: str) -> None:
+    """Check every expected file's size (and sha256 where the Hub gives one); one sentence on mismatch."""
+    problems = []
+    for name, (size, sha256) in sorted(expected.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif size is not None and path.stat().st_size != size:
+            problems.append(f"{name} has {path.stat().st_size} bytes instead of {size}")
+        elif sha256 and _sha256(path) != sha256:
+            problems.append(f"{name} has the wrong sha256")
+    if problems:
+        raise WeightsNotFoundError(
+            f"The checkpoint in {directory} does not match {model} ({'; '.join(problems[:3])}); delete the "
+            f"directory and run `make weights MODEL={model}` again."
+        )
+
+
 def download(model: str, directory: Path) -> Path:
-    """Download ``model`` from the Hugging Face Hub into ``directory`` (resumable; only loading files)."""
+    """Download ``model`` from the Hugging Face Hub into ``directory`` (resumable: files already complete
+    are kept; only the files loading needs, safetensors rather than .bin), then verify sizes and hashes
+    against the Hub's metadata."""
     from huggingface_hub import snapshot_download
 
     directory.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into %s", model, directory)
     snapshot_download(repo_id=model, local_dir=str(directory), allow_patterns=ALLOW_PATTERNS)
+    verify(directory, expected_files(model), model)
     if not is_checkpoint(directory):
         raise WeightsNotFoundError(f"{model} was downloaded to {directory} but holds no safetensors checkpoint.")
+    log.info("verified %s in %s", model, directory)
     return directory
 
 

@@ -35,6 +35,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {
         "plain": build_random_checkpoint(root / "plain", melody=False, seed=1),
         "melody": build_random_checkpoint(root / "melody", melody=True, seed=2),
+        "plain-stereo": build_random_checkpoint(root / "plain-stereo", melody=False, stereo=True, seed=3),
+        "melody-stereo": build_random_checkpoint(root / "melody-stereo", melody=True, stereo=True, seed=4),
     }
 
 

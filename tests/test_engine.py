@@ -42,6 +42,9 @@ def reference_codes(model, tokenizer, n_new, cfg, prompt=None, melody=None):
             model.generate(**kwargs, do_sample=False, guidance_scale=cfg, max_new_tokens=n_new + delay)
     finally:
         model.audio_encoder.decode = original
+    if len(captured) == 2:  # stereo: transformers decodes the left then the right codebooks
+        left, right = captured[0][0, 0], captured[1][0, 0]
+        return torch.stack([left, right], dim=1).reshape(-1, left.shape[-1])
     return captured[0][0, 0]
 
 

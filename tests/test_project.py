@@ -190,3 +190,24 @@ def test_precision_and_device_settings_are_checked(monkeypatch):
         weights.pick_precision(torch.device("cuda"), "int8")
     with pytest.raises(MusicGenError, match="MUSICGEN_DEVICE must be one of auto, cpu, cuda"):
         weights.pick_device("tpu")
+
+
+def test_downloaded_checkpoint_is_verified_against_hub_metadata(checkpoints, tmp_path):
+    import hashlib
+    import shutil
+
+    from musicgen import WeightsNotFoundError, weights
+
+    copy = shutil.copytree(checkpoints["plain"], tmp_path / "ckpt")
+    expected = {p.name: (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix == ".safetensors" else None)
+                for p in copy.iterdir()}
+    weights.verify(copy, expected, "facebook/musicgen-small")  # intact: no error
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, different content
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsNotFoundError, match=r"does not match facebook/musicgen-small \(model.safetensors has the wrong sha256\); delete"):
+        weights.verify(copy, expected, "facebook/musicgen-small")
+    (copy / "config.json").write_text("{}")
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(WeightsNotFoundError, match=r"config.json has 2 bytes instead of \d+; model.safetensors has the wrong sha256; tokenizer.json is missing"):
+        weights.verify(copy, expected, "facebook/musicgen-small")
