@@ -76,10 +76,10 @@ class _ReferenceBackend:
 class _FastBackend:
     """The lean decoder of ``musicgen.decoder`` with a preallocated cache."""
 
-    def __init__(self, hf_decoder, is_melody: bool, precision: str):
+    def __init__(self, hf_decoder, is_melody: bool, precision: str, compile: bool):
         from .decoder import FastDecoder
 
-        self.decoder, self.is_melody = FastDecoder(hf_decoder, precision), is_melody
+        self.decoder, self.is_melody = FastDecoder(hf_decoder, precision, compile=compile), is_melody
 
     def start(self, cond: _Conditioning, max_len: int) -> None:
         self.prefix = cond.states if self.is_melody else None
@@ -96,9 +96,10 @@ class _FastBackend:
 
 class Engine:
     def __init__(self, model, tokenizer, windows: WindowSettings | None = None, backend: str = "fast",
-                 precision: str = "fp32"):
-        """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8);
-        "reference" runs transformers' own modules in the checkpoint's dtype (for parity checks)."""
+                 precision: str = "fp32", compile: bool = False):
+        """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8,
+        int4), its decode step optionally through ``torch.compile``; "reference" runs transformers' own
+        modules in the checkpoint's dtype (for parity checks)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.windows = windows or WindowSettings()
@@ -116,7 +117,7 @@ class Engine:
         self.delays = torch.tensor([k // self.channels for k in range(self.num_codebooks)])
         self.max_delay = per_channel - 1
         if backend == "fast":
-            self.backend = _FastBackend(model.decoder, self.is_melody, precision)
+            self.backend = _FastBackend(model.decoder, self.is_melody, precision, compile)
         elif backend == "reference":
             self.backend = _ReferenceBackend(model.decoder, self.is_melody)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,9 +56,10 @@ class MusicGen:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
              windows: WindowSettings | None = None, allow_download: bool = True,
-             precision: str | None = None, backend: str = "fast") -> MusicGen:
+             precision: str | None = None, backend: str = "fast", compile: bool | None = None) -> MusicGen:
         """Load ``checkpoint`` (a directory), or the configured model (MUSICGEN_MODEL / MUSICGEN_WEIGHTS),
-        on ``device`` (MUSICGEN_DEVICE) decoding in ``precision`` (MUSICGEN_PRECISION)."""
+        on ``device`` (MUSICGEN_DEVICE) decoding in ``precision`` (MUSICGEN_PRECISION), the decode step
+        compiled when ``compile`` (MUSICGEN_COMPILE=1); compiling happens here, in a warm-up generation."""
         started = time.monotonic()
         path = Path(checkpoint) if checkpoint is not None else weights.locate(allow_download=allow_download)
         if not weights.is_checkpoint(path):
@@ -68,7 +70,13 @@ class MusicGen:
         dev = weights.pick_device(device)
         precision = weights.pick_precision(dev, precision)
         model, tokenizer = weights.load(path, dev)
-        engine = Engine(model, tokenizer, windows, backend=backend, precision=precision)
+        if compile is None:
+            compile = os.environ.get("MUSICGEN_COMPILE", "0").strip().lower() in {"1", "true", "yes", "on"}
+        engine = Engine(model, tokenizer, windows, backend=backend, precision=precision, compile=compile)
+        if compile and backend == "fast":
+            warm = time.monotonic()
+            engine.generate(None, engine.frame_rate, SamplingParams(temperature=0.0, cfg_scale=1.0))
+            log.info("compiled the decode step in %.1f s", time.monotonic() - warm)
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,

@@ -138,10 +138,8 @@ def test_each_window_is_prompted_with_the_last_tokens_of_the_previous_one(loaded
     assert [e.start_frame for e in events] == [0, 60, 120, 180]
 
 
-def test_windowed_melody_is_read_at_each_windows_time(loaded):
-    kind, model, tokenizer = loaded
-    if kind != "melody":
-        pytest.skip("melody checkpoints only")
+def test_windowed_melody_is_read_at_each_windows_time(checkpoints):
+    model, tokenizer = load(checkpoints["melody"], torch.device("cpu"))
     engine = Engine(model, tokenizer, WindowSettings(window_s=2.0, stride_s=1.2))
     # a melody whose pitch changes every 0.6 s: windows starting at different times see different chroma
     melody = torch.from_numpy(tone([262.0, 330.0, 392.0, 494.0, 587.0], 3.0))
@@ -183,3 +181,11 @@ def test_fast_decoder_logits_match_transformers_within_1e_4(loaded):
             logits.append((fast.backend.forward(step), ref.backend.forward(step)))
     for a, b in logits:
         assert torch.allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_compiled_decode_step_gives_the_same_tokens(checkpoints):
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    eager = Engine(model, tokenizer, precision="fp32").generate(TEXT, 30, greedy)
+    compiled = Engine(model, tokenizer, precision="fp32", compile=True).generate(TEXT, 30, greedy)
+    assert torch.equal(eager, compiled)
