@@ -51,7 +51,11 @@ def main() -> int:
             started = time.perf_counter()
             model = MusicGen.load(ckpt, device="cpu", precision=None if precision == "auto" else precision)
             load_s = time.perf_counter() - started
-            print(f"setup ({model.engine.precision}): {load_s:.2f}s = {load_s / raw_s:.2f}x the raw read")
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(f"setup ({model.engine.precision}): {load_s:.2f}s = {load_s / raw_s:.2f}x the raw read "
+                  f"(peak RSS so far {peak:.2f} GiB)")
             del model
     finally:
         shutil.rmtree(work, ignore_errors=True)

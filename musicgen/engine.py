@@ -124,13 +124,24 @@ class Engine:
             raise ValueError(f"backend must be 'fast' or 'reference', got {backend!r}")
         self.backend_name, self.precision = backend, precision if backend == "fast" else "fp32"
 
+    def release_reference_weights(self) -> None:
+        """Drop the transformers decoder's own layer, embedding and head weights once the fast backend holds
+        its copy, so a served model keeps one set of decoder weights in memory (the reference backend
+        cannot run afterwards)."""
+        if self.backend_name != "fast":
+            return
+        inner = self.model.decoder.model.decoder
+        inner.layers = torch.nn.ModuleList()
+        inner.embed_tokens = torch.nn.ModuleList()
+        self.model.decoder.lm_heads = torch.nn.ModuleList()
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.decoder.parameters()).dtype
+        return next(self.model.text_encoder.parameters()).dtype
 
     @property
     def window_frames(self) -> int:

@@ -73,6 +73,7 @@ class MusicGen:
         if compile is None:
             compile = os.environ.get("MUSICGEN_COMPILE", "0").strip().lower() in {"1", "true", "yes", "on"}
         engine = Engine(model, tokenizer, windows, backend=backend, precision=precision, compile=compile)
+        engine.release_reference_weights()
         if compile and backend == "fast":
             warm = time.monotonic()
             engine.generate(None, engine.frame_rate, SamplingParams(temperature=0.0, cfg_scale=1.0))
