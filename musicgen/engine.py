@@ -2,9 +2,10 @@
 forcing, token-by-token decoding with a KV cache, windows past the model's 30 s context, and the EnCodec
 round trip.
 
-It drives the decoder modules of a transformers-format checkpoint directly (not ``generate()``), so that
-sampling follows audiocraft exactly, seeds go through a per-request ``torch.Generator``, and a progress
-callback runs between decode steps (where Cog can also cancel the prediction).
+It runs its own decode loop (not transformers' ``generate()``) over a backend: ``musicgen.decoder``'s lean
+decoder (default) or transformers' own modules (the parity reference). So sampling follows audiocraft
+exactly, seeds go through a per-request ``torch.Generator``, and a progress callback runs between decode
+steps (where Cog can also cancel the prediction).
 """
 
 from __future__ import annotations
@@ -206,8 +207,21 @@ class Engine:
 
     # ---------------------------------------------------------------- codec
     @torch.inference_mode()
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """Waveform (channels, samples) at the model's rate and channel count -> codes (K, frames)."""
+    def encode(self, wav: torch.Tensor, chunk_frames: int | None = None, context_frames: int = 50) -> torch.Tensor:
+        """Waveform (channels, samples) at the model's rate and channel count -> codes (K, frames). Long
+        prompts are encoded in chunks of ``chunk_frames`` with ``context_frames`` of overlap on each side,
+        so memory stays bounded by one chunk."""
+        chunk_frames = chunk_frames or self.window_frames
+        total = wav.shape[-1] // self.hop
+        pieces = []
+        for start in range(0, total, chunk_frames):
+            stop = min(total, start + chunk_frames)
+            lo, hi = max(0, start - context_frames), min(total, stop + context_frames)
+            codes = self._encode_all(wav[:, lo * self.hop : hi * self.hop])
+            pieces.append(codes[:, start - lo : stop - lo])
+        return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.num_codebooks, 0, dtype=torch.long)
+
+    def _encode_all(self, wav: torch.Tensor) -> torch.Tensor:
         codec = self.model.audio_encoder
         wav = wav.to(self.device, next(codec.parameters()).dtype)
         per_channel = [codec.encode(wav[c][None, None]).audio_codes[0, 0] for c in range(self.channels)]

@@ -102,6 +102,16 @@ def test_chunked_decode_matches_shape_and_stays_close(loaded):
     assert (whole - chunked).abs().max() < 0.05 * whole.abs().max()
 
 
+def test_chunked_encode_matches_whole_encode_away_from_the_joins(loaded):
+    _, model, tokenizer = loaded
+    engine = Engine(model, tokenizer)
+    wav = torch.from_numpy(tone([440.0, 330.0, 262.0, 392.0], 6.0))[None].expand(engine.channels, -1)
+    whole = engine.encode(wav, chunk_frames=1000)
+    chunked = engine.encode(wav, chunk_frames=100, context_frames=50)
+    assert whole.shape == chunked.shape == (engine.num_codebooks, 300)
+    assert (whole == chunked).float().mean() > 0.9
+
+
 def test_encode_gives_codes_that_depend_on_the_audio(loaded):
     _, model, tokenizer = loaded
     engine = Engine(model, tokenizer)
