@@ -54,6 +54,14 @@ class _Conditioning:
     mask: torch.Tensor | None = None  # plain: text attention mask (rows, L)
 
 
+def _chunks(total: int, chunk: int, context: int):
+    """(start, stop, lo, hi) frame ranges: chunks [start, stop) of ``total`` frames, each processed with up
+    to ``context`` frames of overlap on both sides ([lo, hi)) and cropped back afterwards."""
+    for start in range(0, total, chunk):
+        stop = min(total, start + chunk)
+        yield start, stop, max(0, start - context), min(total, stop + context)
+
+
 class _ReferenceBackend:
     """transformers' own decoder modules with their dynamic cache (the parity reference)."""
 
@@ -211,14 +219,10 @@ class Engine:
         """Waveform (channels, samples) at the model's rate and channel count -> codes (K, frames). Long
         prompts are encoded in chunks of ``chunk_frames`` with ``context_frames`` of overlap on each side,
         so memory stays bounded by one chunk."""
-        chunk_frames = chunk_frames or self.window_frames
-        total = wav.shape[-1] // self.hop
-        pieces = []
-        for start in range(0, total, chunk_frames):
-            stop = min(total, start + chunk_frames)
-            lo, hi = max(0, start - context_frames), min(total, stop + context_frames)
-            codes = self._encode_all(wav[:, lo * self.hop : hi * self.hop])
-            pieces.append(codes[:, start - lo : stop - lo])
+        pieces = [
+            self._encode_all(wav[:, lo * self.hop : hi * self.hop])[:, start - lo : stop - lo]
+            for start, stop, lo, hi in _chunks(wav.shape[-1] // self.hop, chunk_frames or self.window_frames, context_frames)
+        ]
         return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.num_codebooks, 0, dtype=torch.long)
 
     def _encode_all(self, wav: torch.Tensor) -> torch.Tensor:
@@ -235,14 +239,10 @@ class Engine:
         """Codes (K, frames) -> waveform (channels, frames * hop), float32 on the CPU. Long sequences are
         decoded in chunks of ``chunk_frames`` with ``context_frames`` of overlap on each side, so memory stays
         bounded by one chunk."""
-        chunk_frames = chunk_frames or self.window_frames
-        total = codes.shape[-1]
-        pieces = []
-        for start in range(0, total, chunk_frames):
-            stop = min(total, start + chunk_frames)
-            lo, hi = max(0, start - context_frames), min(total, stop + context_frames)
-            audio = self._decode_all(codes[:, lo:hi])
-            pieces.append(audio[:, (start - lo) * self.hop : (stop - lo) * self.hop])
+        pieces = [
+            self._decode_all(codes[:, lo:hi])[:, (start - lo) * self.hop : (stop - lo) * self.hop]
+            for start, stop, lo, hi in _chunks(codes.shape[-1], chunk_frames or self.window_frames, context_frames)
+        ]
         return torch.cat(pieces, dim=-1)
 
     def _decode_all(self, codes: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MusicGenError
-
-NORMALIZATION_STRATEGIES = ("loudness", "clip", "peak", "rms")
-OUTPUT_FORMATS = ("wav", "mp3")
+from .normalize import STRATEGIES as NORMALIZATION_STRATEGIES
+from .output import FORMATS as OUTPUT_FORMATS
 MIN_DURATION = 1
 MAX_DURATION = 300
 MAX_SEED = 2**32 - 1
