@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ class MusicGen:
         precision = weights.pick_precision(dev, precision)
         model, tokenizer = weights.load(path, dev)
         if compile is None:
-            compile = os.environ.get("MUSICGEN_COMPILE", "0").strip().lower() in {"1", "true", "yes", "on"}
+            compile = weights.env_flag("MUSICGEN_COMPILE")
         engine = Engine(model, tokenizer, windows, backend=backend, precision=precision, compile=compile)
         engine.release_reference_weights()
         if compile and backend == "fast":

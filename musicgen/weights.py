@@ -47,8 +47,13 @@ def is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def env_flag(name: str) -> bool:
+    """A boolean environment variable (1/true/yes/on)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def expected_files(model: str) -> dict[str, tuple[int | None, str | None]]:
