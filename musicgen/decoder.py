@@ -116,6 +116,9 @@ class FastDecoder:
         device = next(hf_decoder.parameters()).device
         self.precision = precision
         self.dtype = compute_dtype(precision, device)
+        # attention state: CPUs run fp32 batched matmuls several times faster than bf16 ones, and at long
+        # contexts reading the cache dominates a step, so keep it (and attention) in fp32 there
+        self.cache_dtype = torch.float32 if device.type == "cpu" else self.dtype
         self.device = device
         inner = hf_decoder.model.decoder
         self.num_codebooks = cfg.num_codebooks
@@ -158,10 +161,11 @@ class FastDecoder:
 
     def _attend_one(self, q, keys, values, mask=None):
         """Attention for a single query position: two small matmuls, cheaper than a fused kernel's setup
-        at decode time (softmax in float32)."""
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * (self.head_dim**-0.5)
+        at decode time (softmax in float32). Scores are computed as keys @ q^T so that the cached keys are
+        read in place rather than copied into a transposed layout every step."""
+        scores = torch.matmul(keys, q.transpose(-1, -2)).transpose(-1, -2).float() * (self.head_dim**-0.5)
         if mask is not None:
-            scores = scores + mask.float()
+            scores = scores + mask
         return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
 
     # ---------------------------------------------------------------- per-window setup
@@ -172,18 +176,18 @@ class FastDecoder:
         shape = (rows, self.heads, max_len, self.head_dim)
         for layer in self.layers:
             if layer.k_cache is None or layer.k_cache.shape != shape:
-                layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-                layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                layer.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+                layer.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
         self.pos = 0
         if self.cross:
             enc = encoder_states.to(self.dtype)
             for layer in self.layers:
-                kv = F.linear(enc, layer.kv_c)
+                kv = F.linear(enc, layer.kv_c).to(self.cache_dtype)
                 layer.k_c = self._split_heads(kv[..., : self.hidden])
                 layer.v_c = self._split_heads(kv[..., self.hidden :])
             mask = encoder_mask.bool()[:, None, None, :]  # (B, 1, 1, Le)
             # fully masked rows (the null condition) attend uniformly over zero states, as transformers does
-            self._cross_mask = torch.where(mask, 0.0, torch.finfo(self.dtype).min).to(self.dtype)
+            self._cross_mask = torch.where(mask, 0.0, torch.finfo(self.cache_dtype).min).to(self.cache_dtype)
 
     # ---------------------------------------------------------------- forward
     def forward(self, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -207,7 +211,7 @@ class FastDecoder:
             h = self._ln(x, layer.ln1)
             qkv = layer.qkv(h)
             q, k, v = qkv.split(self.hidden, dim=-1)
-            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            q, k, v = self._split_heads(q).to(self.cache_dtype), self._split_heads(k), self._split_heads(v)
             layer.k_cache[:, :, start:end] = k
             layer.v_cache[:, :, start:end] = v
             keys, values = layer.k_cache[:, :, :end], layer.v_cache[:, :, :end]
@@ -218,15 +222,15 @@ class FastDecoder:
                 attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             else:
                 attn = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
-            x = x + layer.o(self._merge_heads(attn))
+            x = x + layer.o(self._merge_heads(attn).to(self.dtype))
             if self.cross:
                 h = self._ln(x, layer.ln_c)
-                q = self._split_heads(layer.q_c(h))
+                q = self._split_heads(layer.q_c(h)).to(self.cache_dtype)
                 if causal:
                     attn = F.scaled_dot_product_attention(q, layer.k_c, layer.v_c, attn_mask=self._cross_mask)
                 else:
                     attn = self._attend_one(q, layer.k_c, layer.v_c, self._cross_mask)
-                x = x + layer.o_c(self._merge_heads(attn))
+                x = x + layer.o_c(self._merge_heads(attn).to(self.dtype))
             h = self._ln(x, layer.ln2)
             x = x + layer.fc2(F.gelu(layer.fc1(h)))
         last = self._ln(x[:, -1], self.final_ln)
