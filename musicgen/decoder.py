@@ -53,7 +53,8 @@ class Linear:
             self.kind = "int8"  # shapes the int4 kernel cannot take (tiny test models) stay int8
         if self.kind == "int8":
             scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-            self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            # one temporary: divide, round and clamp in place (setup time matters at 1.5 B parameters)
+            self.weight = torch.div(w, scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scale = scale.to(compute_dtype)
         elif self.kind == "int4":
             n, k = w.shape
