@@ -192,22 +192,23 @@ class Engine:
             states = states.repeat(1, math.ceil(length / states.shape[1]), 1)
         return states[:, :length]
 
-    def condition(self, text: str | None, chroma: torch.Tensor | None, cfg_scale: float) -> _Conditioning:
+    def condition(self, text: str | None, chroma: torch.Tensor | None, cfg_scale: float,
+                  text_states: tuple[torch.Tensor, torch.Tensor] | None = None) -> _Conditioning:
         """Build the decoder inputs for the conditional row and, when guidance changes anything, the
-        unconditional row (null text, null melody)."""
-        hidden, mask = self._text_states(text)
+        unconditional row (null text, null melody). ``text_states`` reuses ``_text_states(text)`` computed
+        earlier (windows share the text and differ only in the melody)."""
+        hidden, mask = text_states if text_states is not None else self._text_states(text)
         informative = text is not None or chroma is not None
         use_cfg = informative and cfg_scale != 1
+        states = self._project_text(hidden) * mask[..., None]
         if self.is_melody:
-            text_states = self._project_text(hidden) * mask[..., None]
-            cond = torch.cat([self._melody_states(chroma, 1), text_states], dim=1)
+            cond = torch.cat([self._melody_states(chroma, 1), states], dim=1)
             prefix = cond
             if use_cfg:
                 frames = chroma.shape[0] if chroma is not None else 1
-                uncond = torch.cat([self._melody_states(None, frames), torch.zeros_like(text_states)], dim=1)
+                uncond = torch.cat([self._melody_states(None, frames), torch.zeros_like(states)], dim=1)
                 prefix = torch.cat([cond, uncond], dim=0)
             return _Conditioning(prefix.shape[0], prefix)
-        states = self._project_text(hidden) * mask[..., None]
         if use_cfg:
             states = torch.cat([states, torch.zeros_like(states)], dim=0)
             mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
@@ -292,10 +293,6 @@ class Engine:
         idx = torch.arange(N, device=device)[None] + 1 + delays[:, None]
         return seq.gather(1, idx)
 
-    def steps_for(self, prompt_frames: int, n_new: int) -> int:
-        """Decode steps (one per column) that ``generate`` will take, for progress reports."""
-        return sum(n + self.max_delay for _, n in self._plan(prompt_frames, n_new))
-
     def _plan(self, prompt_frames: int, n_new: int) -> list[tuple[int, int]]:
         """[(context frames, new frames)] for each window."""
         window, stride = self.window_frames, self.stride_frames
@@ -326,7 +323,7 @@ class Engine:
         K = self.num_codebooks
         prompt = torch.zeros(K, 0, dtype=torch.long) if prompt is None else prompt.long()
         plan = self._plan(prompt.shape[1], n_new)
-        total_steps = self.steps_for(prompt.shape[1], n_new)
+        total_steps = sum(n + self.max_delay for _, n in plan)  # one decode step per column
         done = 0
 
         def step() -> None:
@@ -336,17 +333,19 @@ class Engine:
                 progress(done, total_steps)
 
         windowed_melody = melody is not None and len(plan) > 1
+        text_states = self._text_states(text)  # once: every window has the same text
         cond = None
         if not windowed_melody:
             chroma = self._chroma(melody, 0, None) if melody is not None else None
-            cond = self.condition(text, chroma, params.cfg_scale)
+            cond = self.condition(text, chroma, params.cfg_scale, text_states)
         out = [prompt.to(self.device)]
         context = out[0]
         end = prompt.shape[1]  # frames of the clip so far (prompt included)
         for i, (ctx_len, n) in enumerate(plan):
             context = context[:, context.shape[1] - ctx_len :]
             if windowed_melody:  # the melody at the window's place in time
-                cond = self.condition(text, self._chroma(melody, end - ctx_len, self.window_frames), params.cfg_scale)
+                chroma = self._chroma(melody, end - ctx_len, self.window_frames)
+                cond = self.condition(text, chroma, params.cfg_scale, text_states)
             if len(plan) > 1:
                 log.info("window %d/%d: %d frames of context, %d new frames", i + 1, len(plan), ctx_len, n)
             window = self.generate_window(cond, context, n, params, generator, step)

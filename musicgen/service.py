@@ -120,11 +120,15 @@ class MusicGen:
         eng = self.engine
         info = audio_io.probe(req.input_audio)
         start, end, total = req.continuation_start, req.end_seconds, info.seconds
-        if total is not None and start >= total:
-            raise MusicGenError(
-                f"continuation_start ({start} s) is at or past the end of input_audio ({total:.2f} s long); "
+
+        def start_past_end(length: str = "") -> MusicGenError:
+            return MusicGenError(
+                f"continuation_start ({start} s) is at or past the end of input_audio{length}; "
                 "choose an earlier start."
             )
+
+        if total is not None and start >= total:
+            raise start_past_end(f" ({total:.2f} s long)")
         if end is not None and total is not None and end > total:
             log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip", end, total)
             end = None
@@ -132,10 +136,8 @@ class MusicGen:
         # with an unknown length, read one second past the limit to find out whether it is exceeded
         data = audio_io.read(info, start, start + limit + 1 if end is None else end)
         seconds = data.shape[1] / info.sample_rate
-        if data.shape[1] == 0 and start > 0:
-            raise MusicGenError(
-                f"continuation_start ({start} s) is at or past the end of input_audio; choose an earlier start."
-            )
+        if data.shape[1] == 0 and start > 0:  # the container did not say how long it is
+            raise start_past_end()
         if seconds > limit:
             raise MusicGenError(
                 f"The continuation prompt (input_audio from {start} s to {'its end' if end is None else f'{end} s'}) "
