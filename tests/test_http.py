@@ -165,11 +165,14 @@ def test_async_prediction_sends_webhooks(server, receiver):
     status, body = server.predict({"prompt": "jazz", "duration": 1, "seed": 4}, headers={"Prefer": "respond-async"},
                                   prediction_id=pid, webhook=receiver.url + "/hook")
     assert status == 202, body
-    receiver.wait_for(lambda: any(e["status"] == "succeeded" for e in _events_for(receiver, pid)))
+    # coglet posts webhooks concurrently, so they may arrive out of order: wait for both ends, by status
+    receiver.wait_for(lambda: {"succeeded"} <= {e["status"] for e in _events_for(receiver, pid)}
+                      and any(e["status"] in ("starting", "processing") for e in _events_for(receiver, pid)))
     events = _events_for(receiver, pid)
-    assert len(events) >= 2  # at least the start and the completion
-    final = events[-1]
-    assert final["status"] == "succeeded"
+    finals = [e for e in events if e["status"] == "succeeded"]
+    assert len(finals) == 1, [e["status"] for e in events]
+    assert {e["status"] for e in events} <= {"starting", "processing", "succeeded"}
+    final = finals[0]
     wav, sr = decode_output(final["output"][0])
     assert wav.shape == (1, SR)
 
