@@ -39,24 +39,51 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16() else torch.float32  # int8 weight-only
 
 
+# int8 quantization walks the weights in blocks of this many elements, so its temporaries stay small and
+# are reused rather than allocated (and page-faulted) at the size of each matrix
+QUANT_BLOCK = 1 << 20
+
+
+def quantize_int8(parts: list[torch.Tensor], compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 of the row-wise concatenation of ``parts`` (without building it):
+    scale = max |w| / 127 per row, q = round(w / scale) in [-127, 127]."""
+    rows, cols = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    q = torch.empty(rows, cols, dtype=torch.int8, device=parts[0].device)
+    scale = torch.empty(rows, dtype=torch.float32, device=parts[0].device)
+    step = max(1, QUANT_BLOCK // cols)
+    buffer = torch.empty(min(step, rows), cols, dtype=torch.float32, device=parts[0].device)
+    out = 0
+    for part in parts:
+        for start in range(0, part.shape[0], step):
+            block = part[start : start + step].float()
+            n = block.shape[0]
+            tmp, s = buffer[:n], scale[out : out + n]
+            torch.amax(torch.abs(block, out=tmp), dim=1, out=s)
+            s.clamp_(min=1e-8).div_(127.0)
+            torch.div(block, s[:, None], out=tmp).round_().clamp_(-127, 127)
+            q[out : out + n].copy_(tmp)
+            out += n
+    return q, scale.to(compute_dtype)
+
+
 class Linear:
-    """y = x @ W.T in the chosen precision.
+    """y = x @ W.T in the chosen precision, W the row-wise concatenation of ``parts`` (q/k/v, the codebook
+    heads) or one matrix.
 
     int8: symmetric, one scale per output channel. int4 (CPU): asymmetric, a scale and offset per group of
     ``INT4_GROUP`` input channels, packed for PyTorch's CPU int4 kernel. Both are weight-only: activations
     stay in bf16."""
 
-    def __init__(self, weight: torch.Tensor, precision: str, compute_dtype: torch.dtype):
+    def __init__(self, parts: torch.Tensor | list[torch.Tensor], precision: str, compute_dtype: torch.dtype):
+        parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
         self.kind = precision if precision in ("int8", "int4") else "float"
-        w = weight.float()
-        if self.kind == "int4" and (w.shape[1] % 32 or w.shape[0] % 8):
+        rows, cols = sum(p.shape[0] for p in parts), parts[0].shape[1]
+        if self.kind == "int4" and (cols % 32 or rows % 8):
             self.kind = "int8"  # shapes the int4 kernel cannot take (tiny test models) stay int8
         if self.kind == "int8":
-            scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-            # one temporary: divide, round and clamp in place (setup time matters at 1.5 B parameters)
-            self.weight = torch.div(w, scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-            self.scale = scale.to(compute_dtype)
+            self.weight, self.scale = quantize_int8(parts, compute_dtype)
         elif self.kind == "int4":
+            w = torch.cat(parts, dim=0).float()
             n, k = w.shape
             self.group = min(INT4_GROUP, k)
             groups = w.reshape(-1, self.group)
@@ -69,6 +96,7 @@ class Linear:
             self.scale = (torch.cat([scale.reshape(n, -1, 1), zero.reshape(n, -1, 1)], dim=2)
                           .transpose(0, 1).contiguous().to(compute_dtype))
         else:
+            weight = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             self.weight = weight.to(compute_dtype).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +115,7 @@ class _Layer:
     def __init__(self, hf_layer, precision: str, dtype: torch.dtype, cross: bool):
         sa = hf_layer.self_attn
         self.ln1 = (hf_layer.self_attn_layer_norm.weight.to(dtype), hf_layer.self_attn_layer_norm.bias.to(dtype))
-        qkv = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight], dim=0)
-        self.qkv = Linear(qkv, precision, dtype)
+        self.qkv = Linear([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight], precision, dtype)
         self.o = Linear(sa.out_proj.weight, precision, dtype)
         self.cross = cross
         if cross:
@@ -136,8 +163,7 @@ class FastDecoder:
         with torch.no_grad():
             self.layers = [_Layer(layer, precision, self.dtype, self.cross) for layer in inner.layers]
             self.final_ln = (inner.layer_norm.weight.to(self.dtype), inner.layer_norm.bias.to(self.dtype))
-            heads = torch.cat([h.weight for h in hf_decoder.lm_heads], dim=0)  # (K * V, H)
-            self.heads_out = Linear(heads, precision, self.dtype)
+            self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype)  # (K * V, H)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
         self.pos = 0
         self._cross_mask = None

@@ -169,8 +169,93 @@ def pick_precision(device: torch.device, name: str | None = None) -> str:
     return default_precision(device) if name == "auto" else name
 
 
+# Keys that checkpoints saved by older transformers versions (the public Hub repos among them) spell
+# differently from the current modules: EnCodec's weight-norm parametrisation.
+LEGACY_KEYS = ((".weight_g", ".parametrizations.weight.original0"), (".weight_v", ".parametrizations.weight.original1"))
+
+
+def _weight_files(path: Path) -> list[Path] | None:
+    """The safetensors files of a checkpoint: the shards its index names, or the single model file."""
+    import json
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = path / "model.safetensors"
+    return [single] if single.is_file() else None
+
+
+def _map_checkpoint(path: Path, cls, device: torch.device):
+    """Build ``cls`` from the checkpoint with its tensors memory-mapped from the safetensors files (on CPU:
+    no copy at all, pages are read when first used) or read straight onto ``device``: the module skeleton
+    is created on the meta device, the file's tensors are assigned in place of its parameters, and only
+    the non-persistent buffers (EnCodec's conv geometry, the sinusoidal positions) are computed, the way
+    transformers' own initialisation computes them.
+
+    Returns None, with the reason logged, when the checkpoint does not match the module exactly (other key
+    names, missing tensors, other shapes): the caller then lets transformers' ``from_pretrained`` load it."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, GenerationConfig, PreTrainedModel
+
+    files = _weight_files(path)
+    if files is None or not all(f.is_file() for f in files):
+        log.info("loading %s with transformers: no model.safetensors (or its shards)", path.name)
+        return None
+    config = AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = cls(config)
+    state: dict[str, torch.Tensor] = {}
+    target = "cpu" if device.type == "cpu" else str(device)
+    for file in files:
+        with safe_open(str(file), framework="pt", device=target) as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                for old, new in LEGACY_KEYS:
+                    key = key.replace(old, new)
+                state[key] = tensor.float() if tensor.is_floating_point() else tensor
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state) - tied), sorted(set(state) - expected)
+    if missing or unexpected:
+        differences = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
+                       (("missing", missing), ("unexpected", unexpected)) if keys]
+        log.info("loading %s with transformers: its tensors differ from the module's (%s)", path.name,
+                 "; ".join(differences))
+        return None
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # shape mismatches
+        log.info("loading %s with transformers: %s", path.name, str(exc).splitlines()[0])
+        return None
+    # non-persistent buffers are not in the files: allocate them, then let the owning model compute them
+    owners = {}
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            module_name, _, buffer_name = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            module._buffers[buffer_name] = torch.empty_like(buffer, device=device)
+            owners[module_name] = module
+    for module_name, module in owners.items():
+        parts = module_name.split(".")
+        owner = next(model.get_submodule(".".join(parts[:i])) for i in range(len(parts), -1, -1)
+                     if isinstance(model.get_submodule(".".join(parts[:i])), PreTrainedModel))
+        owner._init_weights(module)
+    model.tie_weights()
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        log.info("loading %s with transformers: %d tensors were left unset (e.g. %s)", path.name, len(left), left[0])
+        return None
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    else:
+        model.generation_config = GenerationConfig.from_model_config(config)
+    return model
+
+
 def load(path: Path, device: torch.device):
-    """Load model and tokenizer from a transformers-format checkpoint directory onto ``device``."""
+    """Load model and tokenizer from a transformers-format checkpoint directory onto ``device``: mapped
+    straight from its safetensors files when they match the module (``_map_checkpoint``), else through
+    transformers' ``from_pretrained``."""
     import json
 
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
@@ -187,7 +272,10 @@ def load(path: Path, device: torch.device):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None).to(device).eval()
+        model = _map_checkpoint(path, classes[kind], device)
+        if model is None:
+            model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None).to(device)
+        model.requires_grad_(False).eval()  # inference only
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -62,3 +62,82 @@ def test_stereo_continuation_encodes_each_channel(checkpoints):
     assert not torch.equal(codes[0::2], codes[1::2])
     wav = engine.decode(codes)
     assert wav.shape == (2, SR) and not torch.allclose(wav[0], wav[1])
+
+
+# ---------------------------------------------------------------- loading: mapped from safetensors
+def _reference_load(path):
+    from transformers import AutoConfig, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    kind = AutoConfig.from_pretrained(str(path)).model_type
+    cls = MusicgenMelodyForConditionalGeneration if kind == "musicgen_melody" else MusicgenForConditionalGeneration
+    return cls.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def _assert_same_model(ours, ref):
+    ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
+    assert set(ours_sd) == set(ref_sd)
+    assert all(torch.equal(ours_sd[k], ref_sd[k]) for k in ref_sd)
+    ref_buffers = dict(ref.named_buffers())  # non-persistent ones included (conv geometry, positions)
+    assert {n: b.shape for n, b in ours.named_buffers()} == {n: b.shape for n, b in ref_buffers.items()}
+    assert all(torch.equal(b, ref_buffers[n]) for n, b in ours.named_buffers())
+    assert ours.text_encoder.encoder.embed_tokens.weight is ours.text_encoder.shared.weight  # tied
+    assert ours.generation_config.to_dict() == ref.generation_config.to_dict()
+    assert not any(p.requires_grad for p in ours.parameters())
+
+
+def _copy_checkpoint(src, dst, rename=None, extra=None):
+    """A copy of checkpoint ``src`` whose tensor names go through ``rename`` (plus ``extra`` tensors)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(str(src / "model.safetensors"))
+    state = {(rename(k) if rename else k): v for k, v in state.items()}
+    save_file({**state, **(extra or {})}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mapped_load_equals_transformers_from_pretrained(checkpoints, kind, caplog):
+    caplog.set_level("INFO", logger="musicgen.weights")
+    model, _ = load(checkpoints[kind], torch.device("cpu"))
+    assert "with transformers" not in caplog.text  # the mapped path took it
+    _assert_same_model(model, _reference_load(checkpoints[kind]))
+
+
+def test_hub_style_weight_norm_names_are_mapped(checkpoints, tmp_path, caplog):
+    # the public repos were saved before EnCodec moved to parametrized weight norm: weight_g / weight_v
+    legacy = _copy_checkpoint(checkpoints["melody"], tmp_path / "legacy", rename=lambda k: k.replace(
+        ".parametrizations.weight.original0", ".weight_g").replace(".parametrizations.weight.original1", ".weight_v"))
+    from safetensors import safe_open
+
+    with safe_open(str(legacy / "model.safetensors"), "pt") as f:
+        assert any(k.endswith(".weight_g") for k in f.keys())
+    caplog.set_level("INFO", logger="musicgen.weights")
+    model, _ = load(legacy, torch.device("cpu"))
+    assert "with transformers" not in caplog.text
+    _assert_same_model(model, _reference_load(checkpoints["melody"]))
+
+
+def test_sharded_checkpoint_is_mapped(checkpoints, tmp_path, caplog):
+    import shutil
+
+    ref = _reference_load(checkpoints["plain"])
+    sharded = tmp_path / "sharded"
+    ref.save_pretrained(str(sharded), max_shard_size="2MB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(checkpoints["plain"] / name, sharded / name)
+    assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("*.safetensors"))) > 1
+    caplog.set_level("INFO", logger="musicgen.weights")
+    model, _ = load(sharded, torch.device("cpu"))
+    assert "with transformers" not in caplog.text
+    _assert_same_model(model, ref)
+
+
+def test_unmatched_checkpoint_falls_back_to_transformers(checkpoints, tmp_path, caplog):
+    odd = _copy_checkpoint(checkpoints["plain"], tmp_path / "odd", extra={"some.unknown.tensor": torch.zeros(3)})
+    caplog.set_level("INFO", logger="musicgen.weights")
+    model, _ = load(odd, torch.device("cpu"))
+    assert "loading odd with transformers" in caplog.text and "some.unknown.tensor" in caplog.text
+    _assert_same_model(model, _reference_load(checkpoints["plain"]))

@@ -174,6 +174,21 @@ def test_reduced_precisions_generate_valid_tokens_and_mostly_agree(loaded, preci
     assert (reduced == full).float().mean() > 0.5  # same model, small numeric differences only
 
 
+def test_blockwise_int8_quantization_is_per_row_symmetric_over_the_concatenation(monkeypatch):
+    from musicgen import decoder
+
+    monkeypatch.setattr(decoder, "QUANT_BLOCK", 3 * 64)  # blocks of 3 rows: parts end mid-block
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(7, 64, generator=gen) * scale for scale in (0.1, 3.0, 1.0)] + [torch.zeros(2, 64)]
+    q, scale = decoder.quantize_int8(parts, torch.float32)
+    whole = torch.cat(parts)
+    expected_scale = whole.abs().amax(dim=1).clamp(min=1e-8) / 127
+    assert torch.equal(scale, expected_scale)
+    assert q.dtype == torch.int8 and torch.equal(q, torch.round(whole / expected_scale[:, None]).to(torch.int8))
+    assert int(q.abs().amax(dim=1)[:21].min()) == 127  # every non-zero row uses the full range
+    assert torch.allclose(q.float() * scale[:, None], whole, atol=float(scale.max()) / 2 + 1e-7)
+
+
 def test_fast_decoder_logits_match_transformers_within_1e_4(loaded):
     _, model, tokenizer = loaded
     fast = Engine(model, tokenizer, backend="fast", precision="fp32")
