@@ -1,8 +1,7 @@
 """A fast MusicGen decoder: the checkpoint's weights in a lean module with a preallocated KV cache.
 
 gpt-fast's recipe applied to MusicGen: the transformers decoder's weights are copied once into plain
-tensors (q/k/v fused, the codebook heads stacked into one matrix, optionally bf16/fp16 or int8
-weight-only), the self-attention cache is allocated once per window at its full length, the text
+tensors (q/k/v fused, the codebook heads stacked into one matrix, optionally bf16/fp16, int8 or int4), the self-attention cache is allocated once per window at its full length, the text
 cross-attention keys/values are computed once at prefill, and each decode step is a handful of large
 matmuls with no Python-side cache bookkeeping and no host synchronisation. The math is the same as
 transformers' (pre-LayerNorm blocks, exact GELU, sinusoidal positions, sum of codebook embeddings); in fp32
@@ -11,6 +10,9 @@ it reproduces its logits up to float summation order.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -18,14 +20,30 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 INT4_GROUP = 128
 
 
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slowly."""
+@functools.cache
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return set(f.read().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slowly."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_has_vnni() -> bool:
+    """True on CPUs whose int8 dot products accumulate straight into int32 (AVX512-VNNI, AVX-VNNI, AMX):
+    there the int8 kernel can use the activations' full 8 bits without saturating."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+def int8_dynamic_available() -> bool:
+    """True where PyTorch ships a quantized engine (fbgemm/oneDNN on x86, qnnpack on ARM) for the
+    dynamically quantized int8 linear."""
+    return torch.backends.quantized.engine not in ("none", "", None)
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -36,6 +54,8 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16  # the CPU int4 kernel takes bf16 activations
     if device.type != "cpu":
         return torch.float16
+    if int8_dynamic_available():
+        return torch.float32  # the quantized engine takes fp32 activations
     return torch.bfloat16 if cpu_has_bf16() else torch.float32  # int8 weight-only
 
 
@@ -70,9 +90,11 @@ class Linear:
     """y = x @ W.T in the chosen precision, W the row-wise concatenation of ``parts`` (q/k/v, the codebook
     heads) or one matrix.
 
-    int8: symmetric, one scale per output channel. int4 (CPU): asymmetric, a scale and offset per group of
-    ``INT4_GROUP`` input channels, packed for PyTorch's CPU int4 kernel. Both are weight-only: activations
-    stay in bf16."""
+    int8 (CPU): symmetric weights, one scale per output channel. Where PyTorch has a quantized engine the
+    activations are quantized too, per call (dynamic quantization: fbgemm/oneDNN's int8 GEMM, which reads
+    the weights at memory speed); elsewhere it is weight-only (activations in bf16 or fp32). int4 (CPU):
+    asymmetric, a scale and offset per group of ``INT4_GROUP`` input channels, packed for PyTorch's CPU
+    int4 kernel, weight-only with bf16 activations."""
 
     def __init__(self, parts: torch.Tensor | list[torch.Tensor], precision: str, compute_dtype: torch.dtype):
         parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
@@ -80,7 +102,19 @@ class Linear:
         rows, cols = sum(p.shape[0] for p in parts), parts[0].shape[1]
         if self.kind == "int4" and (cols % 32 or rows % 8):
             self.kind = "int8"  # shapes the int4 kernel cannot take (tiny test models) stay int8
-        if self.kind == "int8":
+        if precision == "int8" and parts[0].device.type == "cpu" and int8_dynamic_available():
+            self.kind = "int8-dynamic"
+            q, scale = quantize_int8(parts, torch.float32)
+            zero = torch.zeros(rows, dtype=torch.long)
+            with warnings.catch_warnings():
+                # PyTorch marks its quantized tensor types deprecated; they ship (and are pinned) in 2.13
+                warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+                packed = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+            self.weight = torch.ops.quantized.linear_prepack(packed, None)
+            # without VNNI, u8 x s8 products are summed in pairs into int16: 7-bit activations keep that
+            # from saturating
+            self.reduce_range = not cpu_has_vnni()
+        elif self.kind == "int8":
             self.weight, self.scale = quantize_int8(parts, compute_dtype)
         elif self.kind == "int4":
             w = torch.cat(parts, dim=0).float()
@@ -104,7 +138,9 @@ class Linear:
             return F.linear(x, self.weight)
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if self.kind == "int8":
+        if self.kind == "int8-dynamic":
+            y = torch.ops.quantized.linear_dynamic(flat, self.weight, self.reduce_range)
+        elif self.kind == "int8":
             y = torch._weight_int8pack_mm(flat, self.weight, self.scale)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group, self.scale)
