@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import functools
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 INT4_GROUP = 128
+# the static step rounds the KV cache length and the text length up to these, so that the few shapes a
+# deployment sees each get one compiled graph (and one CUDA graph)
+STATIC_CACHE_BUCKET = 256
+STATIC_TEXT_BUCKET = 64
 
 
 @functools.cache
@@ -43,7 +48,9 @@ def cpu_has_vnni() -> bool:
 def int8_dynamic_available() -> bool:
     """True where PyTorch ships a quantized engine (fbgemm/oneDNN on x86, qnnpack on ARM) for the
     dynamically quantized int8 linear."""
-    return torch.backends.quantized.engine not in ("none", "", None)
+    engine = torch.backends.quantized.engine
+    return engine not in ("none", "", None) and hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(
+        torch, "_make_per_channel_quantized_tensor")
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -168,12 +175,30 @@ class _Layer:
         self.k_c = self.v_c = None
 
 
+def _build_layers(hf_layers, precision: str, dtype: torch.dtype, cross: bool) -> list[_Layer]:
+    """Convert the layers on as many threads as PyTorch uses: packing int8 weights for the quantized
+    engine runs on one core per matrix, so this shortens setup on multi-core machines."""
+
+    def build(hf_layer):
+        with torch.no_grad():  # grad mode is per thread
+            return _Layer(hf_layer, precision, dtype, cross)
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        return list(pool.map(build, hf_layers))
+
+
 class FastDecoder:
     """Prefill + one-column decode steps for a MusicGen (or MusicGen-Melody) decoder."""
 
-    def __init__(self, hf_decoder, precision: str = "fp32", compile: bool = False):
+    def __init__(self, hf_decoder, precision: str = "fp32", compile: bool = False, static: bool | None = None):
         """``compile``: run the one-column decode step through ``torch.compile`` (fuses the small ops
-        between the matmuls; the first steps pay the compile time, minutes on a small CPU)."""
+        between the matmuls; the first steps pay the compile time, minutes on a small CPU).
+
+        ``static`` (default: when compiling on CUDA): the one-column step keeps every shape fixed for a
+        window — the position is a device tensor, the cache is written with ``index_copy_`` and attention
+        reads the whole (bucketed) cache under a mask — so the compiled step can be captured as a CUDA
+        graph (``mode="reduce-overhead"``) and replayed without per-step launch overhead. On CPU the
+        dynamic step is cheaper (it reads only the filled part of the cache)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         cfg = hf_decoder.config
@@ -197,13 +222,19 @@ class FastDecoder:
         self._positions_module = inner.embed_positions
         self.cross = hasattr(inner.layers[0], "encoder_attn")
         with torch.no_grad():
-            self.layers = [_Layer(layer, precision, self.dtype, self.cross) for layer in inner.layers]
+            self.layers = _build_layers(inner.layers, precision, self.dtype, self.cross)
             self.final_ln = (inner.layer_norm.weight.to(self.dtype), inner.layer_norm.bias.to(self.dtype))
             self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype)  # (K * V, H)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
         self.pos = 0
         self._cross_mask = None
-        self._step = torch.compile(self._run, dynamic=True) if compile else self._run
+        self.static = compile and device.type == "cuda" if static is None else static
+        self._pos_t = torch.zeros(1, dtype=torch.long, device=device)
+        self._cache_positions = None
+        if self.static:
+            mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs
+            self._step_static = torch.compile(self._run_static, mode=mode, dynamic=False) if compile else self._run_static
+        self._step = torch.compile(self._run, dynamic=True) if compile and not self.static else self._run
 
     # ---------------------------------------------------------------- pieces
     def _positions(self, start: int, length: int) -> torch.Tensor:
@@ -236,13 +267,28 @@ class FastDecoder:
               encoder_mask: torch.Tensor | None = None) -> None:
         """Allocate the KV cache for ``rows`` batch rows and ``max_len`` positions; for cross-attention
         checkpoints, precompute the text keys/values."""
+        if self.static:
+            max_len = -(-max_len // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
         shape = (rows, self.heads, max_len, self.head_dim)
         for layer in self.layers:
             if layer.k_cache is None or layer.k_cache.shape != shape:
                 layer.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
                 layer.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+                if self.static:  # the same storage every step: what a CUDA graph replays
+                    torch._dynamo.mark_static_address(layer.k_cache)
+                    torch._dynamo.mark_static_address(layer.v_cache)
+            else:
+                layer.k_cache.zero_()  # a static step reads the whole cache (masked): no stale state
+                layer.v_cache.zero_()
         self.pos = 0
+        if self.static:
+            self._pos_table = self._positions(0, max_len)
+            self._cache_positions = torch.arange(max_len, device=self.device)
         if self.cross:
+            if self.static:  # pad the text to its bucket; padded positions are masked out
+                pad = -encoder_states.shape[1] % STATIC_TEXT_BUCKET
+                encoder_states = F.pad(encoder_states, (0, 0, 0, pad))
+                encoder_mask = F.pad(encoder_mask, (0, pad))
             enc = encoder_states.to(self.dtype)
             for layer in self.layers:
                 kv = F.linear(enc, layer.kv_c).to(self.cache_dtype)
@@ -257,34 +303,57 @@ class FastDecoder:
         """Tokens ``ids`` (rows, K, L) at the next L positions (after an optional embedded ``prefix``
         (rows, Lp, H), melody checkpoints' conditioning); returns the logits of the last position,
         (rows, K, vocab), float32."""
-        run = self._step if prefix is None and ids.shape[-1] == 1 else self._run
-        logits = run(ids, prefix, self.pos)
+        if prefix is None and ids.shape[-1] == 1 and self.static:
+            self._pos_t.fill_(self.pos)
+            logits = self._step_static(ids, self._pos_t)
+            if logits.device.type == "cuda":
+                logits = logits.clone()  # a replayed CUDA graph reuses its output buffer
+        else:
+            run = self._step if prefix is None and ids.shape[-1] == 1 else self._run
+            logits = run(ids, prefix, self.pos)
         self.pos += ids.shape[-1] + (0 if prefix is None else prefix.shape[1])
         return logits
 
-    def _run(self, ids: torch.Tensor, prefix: torch.Tensor | None, start: int) -> torch.Tensor:
+    def _run_static(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self._run(ids, None, None, pos)
+
+    def _run(self, ids: torch.Tensor, prefix: torch.Tensor | None, start: int | None,
+             pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions ``start``.. for ``ids`` (after ``prefix``), or, for the static one-column step, the
+        position held by the device tensor ``pos``."""
         x = self.embed[(ids + self.offsets)].sum(dim=1)  # (rows, L, H)
         if prefix is not None:
             x = torch.cat([prefix.to(self.dtype), x], dim=1)
         length = x.shape[1]
-        x = x + self._positions(start, length)
-        end = start + length
+        if pos is not None:
+            x = x + self._pos_table.index_select(0, pos)
+            # the filled part of the cache, as an additive mask over all of it
+            self_mask = torch.where(self._cache_positions <= pos, 0.0, torch.finfo(self.cache_dtype).min)
+            self_mask = self_mask.to(self.cache_dtype)
+        else:
+            x = x + self._positions(start, length)
+            end = start + length
         causal = length > 1
         for layer in self.layers:
             h = self._ln(x, layer.ln1)
             qkv = layer.qkv(h)
             q, k, v = qkv.split(self.hidden, dim=-1)
             q, k, v = self._split_heads(q).to(self.cache_dtype), self._split_heads(k), self._split_heads(v)
-            layer.k_cache[:, :, start:end] = k
-            layer.v_cache[:, :, start:end] = v
-            keys, values = layer.k_cache[:, :, :end], layer.v_cache[:, :, :end]
-            if not causal:
-                attn = self._attend_one(q, keys, values)
-            elif start > 0:
-                mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            if pos is not None:  # static step: write at the position tensor, read the whole cache, masked
+                layer.k_cache.index_copy_(2, pos, k.to(self.cache_dtype))
+                layer.v_cache.index_copy_(2, pos, v.to(self.cache_dtype))
+                attn = self._attend_one(q, layer.k_cache, layer.v_cache, self_mask)
             else:
-                attn = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+                layer.k_cache[:, :, start:end] = k
+                layer.v_cache[:, :, start:end] = v
+                keys, values = layer.k_cache[:, :, :end], layer.v_cache[:, :, :end]
+                if not causal:
+                    attn = self._attend_one(q, keys, values)
+                elif start > 0:
+                    mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                    attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+                else:
+                    attn = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
             x = x + layer.o(self._merge_heads(attn).to(self.dtype))
             if self.cross:
                 h = self._ln(x, layer.ln_c)

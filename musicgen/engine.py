@@ -85,10 +85,10 @@ class _ReferenceBackend:
 class _FastBackend:
     """The lean decoder of ``musicgen.decoder`` with a preallocated cache."""
 
-    def __init__(self, hf_decoder, is_melody: bool, precision: str, compile: bool):
+    def __init__(self, hf_decoder, is_melody: bool, precision: str, compile: bool, static: bool | None):
         from .decoder import FastDecoder
 
-        self.decoder, self.is_melody = FastDecoder(hf_decoder, precision, compile=compile), is_melody
+        self.decoder, self.is_melody = FastDecoder(hf_decoder, precision, compile=compile, static=static), is_melody
 
     def start(self, cond: _Conditioning, max_len: int) -> None:
         self.prefix = cond.states if self.is_melody else None
@@ -105,10 +105,11 @@ class _FastBackend:
 
 class Engine:
     def __init__(self, model, tokenizer, windows: WindowSettings | None = None, backend: str = "fast",
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compile: bool = False, static_step: bool | None = None):
         """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8,
-        int4), its decode step optionally through ``torch.compile``; "reference" runs transformers' own
-        modules in the checkpoint's dtype (for parity checks)."""
+        int4), its decode step optionally through ``torch.compile`` and with fixed shapes (``static_step``,
+        default: when compiling on CUDA, for CUDA graphs); "reference" runs transformers' own modules in
+        the checkpoint's dtype (for parity checks)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.windows = windows or WindowSettings()
@@ -126,7 +127,7 @@ class Engine:
         self.delays = torch.tensor([k // self.channels for k in range(self.num_codebooks)])
         self.max_delay = per_channel - 1
         if backend == "fast":
-            self.backend = _FastBackend(model.decoder, self.is_melody, precision, compile)
+            self.backend = _FastBackend(model.decoder, self.is_melody, precision, compile, static_step)
         elif backend == "reference":
             self.backend = _ReferenceBackend(model.decoder, self.is_melody)
         else:

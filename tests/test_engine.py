@@ -48,12 +48,14 @@ def reference_codes(model, tokenizer, n_new, cfg, prompt=None, melody=None):
     return captured[0][0, 0]
 
 
-@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["fast", "fast-static", "reference"])
 @pytest.mark.parametrize("cfg", [3.0, 1.0])
 @pytest.mark.parametrize("with_prompt", [False, True])
 def test_greedy_tokens_equal_transformers_generate(loaded, cfg, with_prompt, backend):
     kind, model, tokenizer = loaded
-    engine = Engine(model, tokenizer, backend=backend, precision="fp32")
+    # fast-static: the fixed-shape step that CUDA graphs capture, run eagerly here
+    engine = Engine(model, tokenizer, backend=backend.split("-")[0], precision="fp32",
+                    static_step=backend == "fast-static")
     melody = torch.from_numpy(tone([440.0, 330.0], 3.0)) if kind == "melody" else None
     prompt = torch.randint(0, 2048, (engine.num_codebooks, 30), generator=torch.Generator().manual_seed(0)) if with_prompt else None
     n_new = 60
@@ -174,6 +176,25 @@ def test_reduced_precisions_generate_valid_tokens_and_mostly_agree(loaded, preci
     assert (reduced == full).float().mean() > 0.5  # same model, small numeric differences only
 
 
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_int8_kernels_dynamic_and_weight_only(loaded, monkeypatch, dynamic):
+    from musicgen import decoder
+
+    if dynamic and not decoder.int8_dynamic_available():
+        pytest.skip("this PyTorch build has no quantized engine")
+    if not dynamic:  # what a machine without a quantized engine runs
+        monkeypatch.setattr(decoder, "int8_dynamic_available", lambda: False)
+    _, model, tokenizer = loaded
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    full = Engine(model, tokenizer, precision="fp32").generate(TEXT, 50, greedy)
+    engine = Engine(model, tokenizer, precision="int8")
+    kinds = {layer.fc1.kind for layer in engine.backend.decoder.layers} | {engine.backend.decoder.heads_out.kind}
+    assert kinds == {"int8-dynamic" if dynamic else "int8"}
+    assert engine.backend.decoder.dtype == (torch.float32 if dynamic else decoder.compute_dtype("int8", torch.device("cpu")))
+    reduced = engine.generate(TEXT, 50, greedy)
+    assert reduced.shape == full.shape and (reduced == full).float().mean() > 0.5
+
+
 def test_blockwise_int8_quantization_is_per_row_symmetric_over_the_concatenation(monkeypatch):
     from musicgen import decoder
 
@@ -214,3 +235,18 @@ def test_compiled_decode_step_gives_the_same_tokens(checkpoints):
     eager = Engine(model, tokenizer, precision="fp32").generate(TEXT, 30, greedy)
     compiled = Engine(model, tokenizer, precision="fp32", compile=True).generate(TEXT, 30, greedy)
     assert torch.equal(eager, compiled)
+
+
+def test_static_step_windows_and_compile_match_the_dynamic_step(checkpoints):
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    windows = WindowSettings(window_s=1.0, stride_s=0.6)  # three windows: the cache is reused and cleared
+    frames = 120
+    dynamic = Engine(model, tokenizer, windows, precision="fp32").generate(TEXT, frames, greedy)
+    static = Engine(model, tokenizer, windows, precision="fp32", static_step=True)
+    assert torch.equal(static.generate(TEXT, frames, greedy), dynamic)
+    # cache length and text length are bucketed, so the compiled step keeps one shape per window size
+    assert static.backend.decoder.layers[0].k_cache.shape[2] % 256 == 0
+    assert static.backend.decoder.layers[0].k_c.shape[2] % 64 == 0
+    compiled = Engine(model, tokenizer, windows, precision="fp32", compile=True, static_step=True)
+    assert torch.equal(compiled.generate(TEXT, frames, greedy), dynamic)
