@@ -89,9 +89,12 @@ class _FastBackend:
         from .decoder import FastDecoder
 
         self.decoder, self.is_melody = FastDecoder(hf_decoder, precision, compile=compile, static=static), is_melody
+        self.window_len = 0  # set by the engine: a static step always allocates a whole window's cache
 
     def start(self, cond: _Conditioning, max_len: int) -> None:
         self.prefix = cond.states if self.is_melody else None
+        if self.decoder.static:  # one cache shape (one compiled graph) for every request length
+            max_len = max(max_len, self.window_len)
         if self.is_melody:
             self.decoder.start(cond.rows, cond.states.shape[1] + max_len)
         else:
@@ -128,6 +131,7 @@ class Engine:
         self.max_delay = per_channel - 1
         if backend == "fast":
             self.backend = _FastBackend(model.decoder, self.is_melody, precision, compile, static_step)
+            self.backend.window_len = self.window_frames + self.max_delay + 1
         elif backend == "reference":
             self.backend = _ReferenceBackend(model.decoder, self.is_melody)
         else:

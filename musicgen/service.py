@@ -75,7 +75,8 @@ class MusicGen:
         engine.release_reference_weights()
         if compile and backend == "fast":
             warm = time.monotonic()
-            engine.generate(None, engine.frame_rate, SamplingParams(temperature=0.0, cfg_scale=1.0))
+            # a request's shapes: a text prompt with classifier-free guidance (two batch rows)
+            engine.generate("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
             log.info("compiled the decode step in %.1f s", time.monotonic() - warm)
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",

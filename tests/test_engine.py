@@ -248,5 +248,8 @@ def test_static_step_windows_and_compile_match_the_dynamic_step(checkpoints):
     # cache length and text length are bucketed, so the compiled step keeps one shape per window size
     assert static.backend.decoder.layers[0].k_cache.shape[2] % 256 == 0
     assert static.backend.decoder.layers[0].k_c.shape[2] % 64 == 0
+    shape = static.backend.decoder.layers[0].k_cache.shape
+    static.generate("a much longer prompt than before, about anything at all", 10, greedy)
+    assert static.backend.decoder.layers[0].k_cache.shape == shape  # any length: the window's one shape
     compiled = Engine(model, tokenizer, windows, precision="fp32", compile=True, static_step=True)
     assert torch.equal(compiled.generate(TEXT, frames, greedy), dynamic)
