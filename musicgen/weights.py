@@ -205,7 +205,10 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
     with torch.device("meta"):
         model = cls(config)
     state: dict[str, torch.Tensor] = {}
-    target = "cpu" if device.type == "cpu" else str(device)
+    if device.type == "cuda":  # safetensors wants an explicit index
+        target = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    else:
+        target = str(device)
     for file in files:
         with safe_open(str(file), framework="pt", device=target) as f:
             for key in f.keys():
