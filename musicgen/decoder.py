@@ -236,6 +236,12 @@ class FastDecoder:
             self._step_static = torch.compile(self._run_static, mode=mode, dynamic=False) if compile else self._run_static
         self._step = torch.compile(self._run, dynamic=True) if compile and not self.static else self._run
 
+    def disable_compile(self) -> None:
+        """Run the eager step functions from now on."""
+        self._step = self._run
+        if self.static:
+            self._step_static = self._run_static
+
     # ---------------------------------------------------------------- pieces
     def _positions(self, start: int, length: int) -> torch.Tensor:
         table = self._positions_module.weights

@@ -138,6 +138,11 @@ class Engine:
             raise ValueError(f"backend must be 'fast' or 'reference', got {backend!r}")
         self.backend_name, self.precision = backend, precision if backend == "fast" else "fp32"
 
+    def disable_compile(self) -> None:
+        """Decode with the eager step from now on (when ``torch.compile`` fails on this machine)."""
+        if self.backend_name == "fast":
+            self.backend.decoder.disable_compile()
+
     def release_reference_weights(self) -> None:
         """Drop the transformers decoder's own layer, embedding and head weights once the fast backend holds
         its copy, so a served model keeps one set of decoder weights in memory (the reference backend

@@ -75,9 +75,14 @@ class MusicGen:
         engine.release_reference_weights()
         if compile and backend == "fast":
             warm = time.monotonic()
-            # a request's shapes: a text prompt with classifier-free guidance (two batch rows)
-            engine.generate("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
-            log.info("compiled the decode step in %.1f s", time.monotonic() - warm)
+            try:
+                # a request's shapes: a text prompt with classifier-free guidance (two batch rows)
+                engine.generate("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
+                log.info("compiled the decode step in %.1f s", time.monotonic() - warm)
+            except Exception as exc:  # a compiler failure must not take the service down: decode eagerly
+                engine.disable_compile()
+                log.warning("compiling the decode step failed after %.1f s (%s: %s); decoding without "
+                            "torch.compile", time.monotonic() - warm, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,

@@ -253,3 +253,21 @@ def test_static_step_windows_and_compile_match_the_dynamic_step(checkpoints):
     assert static.backend.decoder.layers[0].k_cache.shape == shape  # any length: the window's one shape
     compiled = Engine(model, tokenizer, windows, precision="fp32", compile=True, static_step=True)
     assert torch.equal(compiled.generate(TEXT, frames, greedy), dynamic)
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatch, caplog):
+    from musicgen.service import MusicGen
+
+    def broken_compile(fn, **kwargs):  # what a compiler failure on some machine looks like to us
+        def compiled(*args, **kw):
+            raise RuntimeError("backend exploded")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    caplog.set_level("WARNING", logger="musicgen.service")
+    service = MusicGen.load(checkpoints["plain"], device="cpu", precision="fp32", compile=True)
+    assert "compiling the decode step failed" in caplog.text and "backend exploded" in caplog.text
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    assert torch.equal(service.engine.generate(TEXT, 20, greedy),
+                       Engine(model, tokenizer, precision="fp32").generate(TEXT, 20, greedy))
