@@ -152,9 +152,9 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
 
 
 def default_precision(device: torch.device) -> str:
-    """The decode precision used unless MUSICGEN_PRECISION says otherwise. CPU: int8 weight-only, the
-    fastest setting whose greedy agreement with fp32 matches bf16's (bench/decode.py: ~5x transformers on
-    musicgen-small shapes; int4 is faster still but agrees far less). CUDA: bf16 where supported, else fp16."""
+    """The decode precision used unless MUSICGEN_PRECISION says otherwise. CPU: int8, the fastest setting
+    whose greedy agreement with fp32 matches bf16's (bench/decode.py: ~8x transformers on musicgen-small
+    shapes; int4 is barely faster and agrees far less). CUDA: bf16 where supported, else fp16."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "int8"
