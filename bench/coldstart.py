@@ -1,22 +1,21 @@
 """Cold start: time of ``MusicGen.load`` (what Cog's setup() runs) next to the time to just read the
 checkpoint's files, for musicgen-small shapes saved locally with random weights.
 
-On CPU the safetensors files are memory-mapped: setup pages in the decoder (which the fast decoder copies
-or quantizes), while the text encoder and the codec are paged in by the first generation. So the bench
-also times a first and a second one-second generation after each setup: their difference is the rest of
-the page-in that setup did not pay.
+    .venv/bin/python bench/coldstart.py [--preset small] [--precisions fp32 auto]
 
-    .venv/bin/python bench/coldstart.py [--preset small]
-
-The file reads come first, so both measurements see the same (warm) page cache; run it with a cold cache
-(after a reboot, or `echo 3 > /proc/sys/vm/drop_caches` as root) to see disk-bound figures.
+Each setup runs in a fresh Python process, as a container's would; the time to import the libraries
+is printed apart. The file reads come first, so every measurement sees the same (warm) page cache; run
+it with a cold cache (after a reboot, or `echo 3 > /proc/sys/vm/drop_caches` as root) for disk-bound
+figures. After each setup the process also times a first and a second one-second generation: parts of
+the checkpoint that setup leaves mapped are read by the first one.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,40 +34,58 @@ def read_all(directory: Path) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def measure(checkpoint: str, precision: str) -> None:
+    """In a fresh process: import, load, generate twice; print one JSON line."""
+    import logging
+    import resource
+
+    started = time.perf_counter()
+    from transformers import (  # noqa: F401  (imported here so that setup_s is the load alone)
+        AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration)
+
+    from musicgen.sampling import SamplingParams
+    from musicgen.service import MusicGen
+
+    imported = time.perf_counter()
+    logging.disable(logging.INFO)
+    model = MusicGen.load(checkpoint, device="cpu", precision=None if precision == "auto" else precision)
+    loaded = time.perf_counter()
+    firsts = []
+    for _ in range(2):
+        t = time.perf_counter()
+        model.engine.generate("warm up", model.engine.frame_rate, SamplingParams(temperature=0.0))
+        firsts.append(time.perf_counter() - t)
+    print(json.dumps({"precision": model.engine.precision, "import_s": imported - started,
+                      "setup_s": loaded - imported, "first_s": firsts[0], "second_s": firsts[1],
+                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
+    parser.add_argument("--measure", nargs=2, metavar=("CHECKPOINT", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    logging.disable(logging.INFO)
+    if args.measure:
+        measure(*args.measure)
+        return 0
     from musicgen.checkpoints import build_random_checkpoint
-    from musicgen.sampling import SamplingParams
-    from musicgen.service import MusicGen
 
     work = Path(tempfile.mkdtemp(prefix="coldstart-"))
     try:
         started = time.perf_counter()
         ckpt = build_random_checkpoint(work / f"musicgen-{args.preset}", preset=args.preset)
         print(f"built {ckpt.name} in {time.perf_counter() - started:.1f}s")
-        read_all(ckpt)  # warm the page cache for both sides
-        raw_s, size = read_all(ckpt)
-        print(f"raw read: {size / 2**30:.2f} GiB in {raw_s:.2f}s ({size / 2**30 / raw_s:.2f} GiB/s)")
         for precision in args.precisions:
-            started = time.perf_counter()
-            model = MusicGen.load(ckpt, device="cpu", precision=None if precision == "auto" else precision)
-            load_s = time.perf_counter() - started
-            import resource
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            print(f"setup ({model.engine.precision}): {load_s:.2f}s = {load_s / raw_s:.2f}x the raw read "
-                  f"(peak RSS so far {peak:.2f} GiB)")
-            firsts = []
-            for _ in range(2):
-                started = time.perf_counter()
-                model.engine.generate("warm up", model.engine.frame_rate, SamplingParams(temperature=0.0))
-                firsts.append(time.perf_counter() - started)
-            print(f"  first 1 s generation {firsts[0]:.2f}s, second {firsts[1]:.2f}s")
-            del model
+            read_all(ckpt)  # warm the page cache
+            raw_s, size = read_all(ckpt)
+            done = subprocess.run([sys.executable, __file__, "--measure", str(ckpt), precision],
+                                  capture_output=True, text=True, check=True)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"raw read: {size / 2**30:.2f} GiB in {raw_s:.2f}s; setup ({r['precision']}): "
+                  f"{r['setup_s']:.2f}s = {r['setup_s'] / raw_s:.2f}x the raw read (imports before it "
+                  f"{r['import_s']:.1f}s); first 1 s generation {r['first_s']:.2f}s, second "
+                  f"{r['second_s']:.2f}s; peak RSS {r['peak_rss_gib']:.2f} GiB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import shutil
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +49,9 @@ class MusicGen:
     def __init__(self, engine: Engine, name: str):
         self.engine = engine
         self.name = name
-        self._last_output_dir: Path | None = None
-        atexit.register(self.release_outputs)
+        # removes the last prediction's directory: when the next one starts, or when this object is
+        # collected, or at exit (weakref.finalize covers the last two without keeping the model alive)
+        self._remove_last_outputs: weakref.finalize | None = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
@@ -186,7 +187,8 @@ class MusicGen:
 
         if output_dir is None:
             self.release_outputs()
-            output_dir = self._last_output_dir = output.new_output_dir()
+            output_dir = output.new_output_dir()
+            self._remove_last_outputs = weakref.finalize(self, shutil.rmtree, output_dir, True)
         path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
         log.info("wrote %s (%.2f s of audio): generation %.1f s, decoding %.1f s, total %.1f s",
                  path.name, wav.shape[-1] / eng.sample_rate, generated - started, decoded - generated,
@@ -196,6 +198,6 @@ class MusicGen:
     def release_outputs(self) -> None:
         """Remove the directory of the last prediction's files. Cog has uploaded or encoded them by the
         time the next prediction starts, which is when this runs (and at exit)."""
-        if self._last_output_dir is not None:
-            shutil.rmtree(self._last_output_dir, ignore_errors=True)
-            self._last_output_dir = None
+        if self._remove_last_outputs is not None:
+            self._remove_last_outputs()
+            self._remove_last_outputs = None

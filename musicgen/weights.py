@@ -192,6 +192,11 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
     the non-persistent buffers (EnCodec's conv geometry, the sinusoidal positions) are computed, the way
     transformers' own initialisation computes them.
 
+    Mapped pages are page cache: several processes serving the same checkpoint share them, and the kernel
+    may drop idle ones under memory pressure (to be read again from disk when next used). Copying them
+    into process memory was tried: on the bench machine it added 0.25 s (text encoder and codec) to 2 s
+    (an fp32 decoder) to setup (bench/coldstart.py), so the mapping stays.
+
     Returns None, with the reason logged, when the checkpoint does not match the module exactly (other key
     names, missing tensors, other shapes): the caller then lets transformers' ``from_pretrained`` load it."""
     from safetensors import safe_open

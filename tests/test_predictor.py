@@ -268,3 +268,29 @@ def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_fil
     assert wav.shape == (1, (prompt_s + duration) * SR)
     assert (f"window {windows}/{windows}" in caplog.text) == (windows > 1)
     np.testing.assert_array_equal(wav, again)  # seeds reproduce long outputs
+
+
+def test_outputs_are_removed_when_the_service_goes_away_or_the_process_exits(checkpoints):
+    import gc
+    import subprocess
+    import sys
+    import weakref
+
+    from musicgen.request import GenerationRequest
+    from musicgen.service import MusicGen
+
+    service = MusicGen.load(checkpoints["plain"], device="cpu")
+    [path] = service.predict(GenerationRequest(duration=1, seed=1))
+    alive = weakref.ref(service)
+    del service
+    gc.collect()
+    assert alive() is None and not path.parent.exists()  # nothing keeps a dropped model (and its memory)
+
+    script = (f"from musicgen.service import MusicGen\nfrom musicgen.request import GenerationRequest\n"
+              f"s = MusicGen.load({str(checkpoints['plain'])!r}, device='cpu')\n"
+              f"print(s.predict(GenerationRequest(duration=1, seed=2))[0])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr
+    written = Path(done.stdout.strip().splitlines()[-1])
+    assert written.name.startswith("musicgen-2") and not written.parent.exists()
