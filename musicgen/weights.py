@@ -202,10 +202,12 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
     from safetensors import safe_open
     from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
+    def fall_back(reason: str) -> None:
+        log.info("loading %s with transformers: %s", path.name, reason)
+
     files = _weight_files(path)
     if files is None or not all(f.is_file() for f in files):
-        log.info("loading %s with transformers: no model.safetensors (or its shards)", path.name)
-        return None
+        return fall_back("no model.safetensors (or its shards)")
     config = AutoConfig.from_pretrained(str(path))
     with torch.device("meta"):
         model = cls(config)
@@ -227,32 +229,28 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
     if missing or unexpected:
         differences = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
                        (("missing", missing), ("unexpected", unexpected)) if keys]
-        log.info("loading %s with transformers: its tensors differ from the module's (%s)", path.name,
-                 "; ".join(differences))
-        return None
+        return fall_back(f"its tensors differ from the module's ({'; '.join(differences)})")
     try:
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
-        log.info("loading %s with transformers: %s", path.name, str(exc).splitlines()[0])
-        return None
+        return fall_back(str(exc).splitlines()[0])
     # non-persistent buffers are not in the files: allocate them, then let the owning model compute them
-    owners = {}
+    # (each by the nearest enclosing PreTrainedModel: EnCodec's init knows EnCodec's modules)
+    pretrained = {name: m for name, m in model.named_modules() if isinstance(m, PreTrainedModel)}
+    unset = {}
     for name, buffer in list(model.named_buffers()):
         if buffer.is_meta:
             module_name, _, buffer_name = name.rpartition(".")
             module = model.get_submodule(module_name)
             module._buffers[buffer_name] = torch.empty_like(buffer, device=device)
-            owners[module_name] = module
-    for module_name, module in owners.items():
-        parts = module_name.split(".")
-        owner = next(model.get_submodule(".".join(parts[:i])) for i in range(len(parts), -1, -1)
-                     if isinstance(model.get_submodule(".".join(parts[:i])), PreTrainedModel))
-        owner._init_weights(module)
+            unset[module_name] = module
+    for module_name, module in unset.items():
+        owner = max((n for n in pretrained if n == "" or f"{module_name}.".startswith(f"{n}.")), key=len)
+        pretrained[owner]._init_weights(module)
     model.tie_weights()
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        log.info("loading %s with transformers: %d tensors were left unset (e.g. %s)", path.name, len(left), left[0])
-        return None
+        return fall_back(f"{len(left)} tensors were left unset (e.g. {left[0]})")
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(path))
     else:
