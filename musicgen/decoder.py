@@ -309,14 +309,14 @@ class FastDecoder:
         """Tokens ``ids`` (rows, K, L) at the next L positions (after an optional embedded ``prefix``
         (rows, Lp, H), melody checkpoints' conditioning); returns the logits of the last position,
         (rows, K, vocab), float32."""
-        if prefix is None and ids.shape[-1] == 1 and self.static:
+        one_column = prefix is None and ids.shape[-1] == 1
+        if one_column and self.static:
             self._pos_t.fill_(self.pos)
             logits = self._step_static(ids, self._pos_t)
             if logits.device.type == "cuda":
                 logits = logits.clone()  # a replayed CUDA graph reuses its output buffer
         else:
-            run = self._step if prefix is None and ids.shape[-1] == 1 else self._run
-            logits = run(ids, prefix, self.pos)
+            logits = (self._step if one_column else self._run)(ids, prefix, self.pos)
         self.pos += ids.shape[-1] + (0 if prefix is None else prefix.shape[1])
         return logits
 

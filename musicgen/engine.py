@@ -85,11 +85,13 @@ class _ReferenceBackend:
 class _FastBackend:
     """The lean decoder of ``musicgen.decoder`` with a preallocated cache."""
 
-    def __init__(self, hf_decoder, is_melody: bool, precision: str, compile: bool, static: bool | None):
+    def __init__(self, hf_decoder, is_melody: bool, precision: str, compile: bool, static: bool | None,
+                 window_len: int):
+        """``window_len``: decode steps in a full window; a static step always allocates that much cache."""
         from .decoder import FastDecoder
 
         self.decoder, self.is_melody = FastDecoder(hf_decoder, precision, compile=compile, static=static), is_melody
-        self.window_len = 0  # set by the engine: a static step always allocates a whole window's cache
+        self.window_len = window_len
 
     def start(self, cond: _Conditioning, max_len: int) -> None:
         self.prefix = cond.states if self.is_melody else None
@@ -130,8 +132,8 @@ class Engine:
         self.delays = torch.tensor([k // self.channels for k in range(self.num_codebooks)])
         self.max_delay = per_channel - 1
         if backend == "fast":
-            self.backend = _FastBackend(model.decoder, self.is_melody, precision, compile, static_step)
-            self.backend.window_len = self.window_frames + self.max_delay + 1
+            self.backend = _FastBackend(model.decoder, self.is_melody, precision, compile, static_step,
+                                        window_len=self.window_frames + self.max_delay + 1)
         elif backend == "reference":
             self.backend = _ReferenceBackend(model.decoder, self.is_melody)
         else:
