@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint directory (default: MUSICGEN_WEIGHTS or weights/<model>)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: MUSICGEN_DEVICE or auto)")
     p.add_argument("--precision", default=None,
-                   help="decode precision: auto, fp32, bf16, fp16 or int8 (default: MUSICGEN_PRECISION or auto)")
+                   help="decode precision: auto, fp32, bf16, fp16, or on CPU int8 or int4 (default: MUSICGEN_PRECISION or auto)")
     return p
 
 
