@@ -11,8 +11,8 @@ predict:
 test:
 	bash scripts/test.sh
 weights: venv
-	.venv/bin/python -m musicgen.weights $(MODEL)
+	.venv/bin/python -m musicgen.hub $(MODEL)
 serve:
 	bash scripts/serve.sh
 schema: venv
-	.venv/bin/python -m musicgen.cog_schema
+	.venv/bin/python -m musicgen_dev.cog_schema

@@ -1,4 +1,11 @@
-"""Cog predictor for MusicGen: the 13 inputs of SPEC.md, handed to the musicgen library."""
+"""Cog predictor for MusicGen: the 13 inputs of docs/api.md, handed to the musicgen library.
+
+The inputs are defined once, in ``musicgen/inputs.py``. Their ``Input(...)`` arguments are repeated here as
+plain literals because ``cog build`` reads them from this file's source without running it: its static schema
+generator takes a description only as one string literal (no implicit concatenation), ``ge``/``le`` only as
+number literals, and fails on ``choices`` it cannot resolve. tests/test_project.py checks both rules and that
+the values agree with ``musicgen/inputs.py``.
+"""
 
 import logging
 import sys
@@ -6,14 +13,13 @@ from typing import List, Optional
 
 from cog import BasePredictor, Input, Path
 
-from musicgen.request import MAX_DURATION, MAX_SEED, MIN_DURATION, NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
 from musicgen.request import GenerationRequest
 from musicgen.service import MusicGen
 
 
 class Predictor(BasePredictor):
     def setup(self) -> None:
-        """Load the configured checkpoint (MUSICGEN_MODEL / MUSICGEN_WEIGHTS / MUSICGEN_DEVICE)."""
+        """Load the configured checkpoint (MUSICGEN_MODEL / MUSICGEN_WEIGHTS / MUSICGEN_DEVICE / ...)."""
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
         self.musicgen = MusicGen.load()
 
@@ -23,54 +29,44 @@ class Predictor(BasePredictor):
             description="A description of the music you want to generate.", default=None
         ),
         input_audio: Optional[Path] = Input(
-            description="An audio file that will influence the generated music. If `continuation` is `True`, "
-            "the generated music will be a continuation of the audio file. Otherwise, the generated music will "
-            "mimic the audio file's melody.",
+            description="An audio file that will influence the generated music. If `continuation` is `True`, the generated music will be a continuation of the audio file. Otherwise, the generated music will mimic the audio file's melody.",
             default=None,
         ),
-        duration: int = Input(
-            description="Duration of the generated audio in seconds.",
-            default=8, ge=MIN_DURATION, le=MAX_DURATION,
-        ),
+        duration: int = Input(description="Duration of the generated audio in seconds.", default=8, ge=1, le=300),
         continuation: bool = Input(
-            description="If `True`, generated music will continue from `input_audio`. Otherwise, generated "
-            "music will mimic `input_audio`'s melody.",
+            description="If `True`, generated music will continue from `input_audio`. Otherwise, generated music will mimic `input_audio`'s melody.",
             default=False,
         ),
         continuation_start: int = Input(
             description="Start time of the audio file to use for continuation.", default=0, ge=0
         ),
         continuation_end: Optional[int] = Input(
-            description="End time of the audio file to use for continuation. If -1 or None, will default to "
-            "the end of the audio clip.",
+            description="End time of the audio file to use for continuation. If -1 or None, will default to the end of the audio clip.",
             default=None, ge=-1,
         ),
         normalization_strategy: str = Input(
-            description="Strategy for normalizing audio.",
-            default="loudness", choices=list(NORMALIZATION_STRATEGIES),
+            description="Strategy for normalizing audio.", default="loudness",
+            choices=["loudness", "clip", "peak", "rms"],
         ),
         top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250, ge=0),
         top_p: float = Input(
-            description="Reduces sampling to tokens with cumulative probability of p. When set to `0` "
-            "(default), top_k sampling is used.",
+            description="Reduces sampling to tokens with cumulative probability of p. When set to `0` (default), top_k sampling is used.",
             default=0.0, ge=0.0, le=1.0,
         ),
         temperature: float = Input(
-            description="Controls the 'conservativeness' of the sampling process. Higher temperature means "
-            "more diversity.",
+            description="Controls the 'conservativeness' of the sampling process. Higher temperature means more diversity.",
             default=1.0, ge=0.0,
         ),
         classifier_free_guidance: int = Input(
-            description="Increases the influence of inputs on the output. Higher values produce "
-            "lower-varience outputs that adhere more closely to inputs.",
+            description="Increases the influence of inputs on the output. Higher values produce lower-varience outputs that adhere more closely to inputs.",
             default=3, ge=0,
         ),
         output_format: str = Input(
-            description="Output format for generated audio.", default="wav", choices=list(OUTPUT_FORMATS)
+            description="Output format for generated audio.", default="wav", choices=["wav", "mp3"]
         ),
         seed: Optional[int] = Input(
             description="Seed for random number generator. If None or -1, a random seed will be used.",
-            default=None, ge=-1, le=MAX_SEED,
+            default=None, ge=-1, le=4294967295,
         ),
     ) -> List[Path]:
         request = GenerationRequest(
@@ -88,4 +84,4 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
         )
-        return [Path(p) for p in self.musicgen.predict(request)]
+        return [Path(p) for p in self.musicgen.predict(request).paths]

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def read_all(directory: Path) -> tuple[float, int]:
@@ -53,7 +52,7 @@ def measure(checkpoint: str, precision: str) -> None:
     firsts = []
     for _ in range(2):
         t = time.perf_counter()
-        model.engine.generate("warm up", model.engine.frame_rate, SamplingParams(temperature=0.0))
+        model.engine.generate_codes("warm up", model.engine.frame_rate, SamplingParams(temperature=0.0))
         firsts.append(time.perf_counter() - t)
     print(json.dumps({"precision": model.engine.precision, "import_s": imported - started,
                       "setup_s": loaded - imported, "first_s": firsts[0], "second_s": firsts[1],
@@ -69,7 +68,7 @@ def main() -> int:
     if args.measure:
         measure(*args.measure)
         return 0
-    from musicgen.checkpoints import build_random_checkpoint
+    from musicgen_dev.checkpoints import build_random_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="coldstart-"))
     try:

@@ -16,17 +16,14 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from musicgen.checkpoints import build_random_model  # noqa: E402
-from musicgen.engine import Engine  # noqa: E402
-from musicgen.sampling import SamplingParams  # noqa: E402
-from musicgen.weights import default_precision  # noqa: E402
+from musicgen_dev.checkpoints import build_random_model
+from musicgen.engine import Engine
+from musicgen.sampling import SamplingParams
+from musicgen.settings import default_precision
 
 TEXT = "80s pop track with bassy drums and synth"
 
@@ -61,10 +58,10 @@ def time_reference(model, tokenizer, frames: int, delay: int, device) -> tuple[f
 
 def time_ours(engine: Engine, frames: int, device) -> float:
     params = SamplingParams(temperature=1.0, top_k=250, cfg_scale=3.0)
-    engine.generate(TEXT, 8, params, torch.Generator(device=device).manual_seed(0))  # warm-up
+    engine.generate_codes(TEXT, 8, params, torch.Generator(device=device).manual_seed(0))  # warm-up
     sync(device)
     started = time.perf_counter()
-    engine.generate(TEXT, frames, params, torch.Generator(device=device).manual_seed(0))
+    engine.generate_codes(TEXT, frames, params, torch.Generator(device=device).manual_seed(0))
     sync(device)
     return (frames + engine.max_delay) / (time.perf_counter() - started)
 
@@ -102,7 +99,7 @@ def main() -> int:
         engine = Engine(model, tokenizer, backend="fast", precision=precision)
         prep = time.perf_counter() - t
         sps = time_ours(engine, frames, device)
-        tokens = engine.generate(TEXT, frames, greedy)
+        tokens = engine.generate_codes(TEXT, frames, greedy)
         if reference_tokens is None:
             reference_tokens = tokens
         agreement = (tokens == reference_tokens).float().mean().item()
@@ -114,7 +111,7 @@ def main() -> int:
     if args.compile:
         engine = Engine(model, tokenizer, backend="fast", precision=default, compile=True)
         t = time.perf_counter()
-        engine.generate(TEXT, 8, greedy)  # compiles
+        engine.generate_codes(TEXT, 8, greedy)  # compiles
         compile_s = time.perf_counter() - t
         sps = time_ours(engine, frames, device)
         print(f"ours {default} + torch.compile: {sps:.2f} steps/s ({1000 / sps:.1f} ms/step) "

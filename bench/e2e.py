@@ -19,16 +19,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from musicgen import GenerationRequest  # noqa: E402
-from musicgen.checkpoints import build_random_model  # noqa: E402
-from musicgen.engine import Engine  # noqa: E402
-from musicgen.normalize import normalize  # noqa: E402
-from musicgen.output import write_audio  # noqa: E402
-from musicgen.service import MusicGen  # noqa: E402
-from musicgen.weights import default_precision  # noqa: E402
+from musicgen import GenerationRequest
+from musicgen_dev.checkpoints import build_random_model
+from musicgen.engine import Engine
+from musicgen.normalize import normalize
+from musicgen.output import write_audio
+from musicgen.service import MusicGen
+from musicgen.settings import default_precision
 
 PROMPT = "lofi hip hop beat with mellow piano"
 
@@ -50,7 +48,7 @@ def main() -> int:
     request = GenerationRequest(prompt=PROMPT, duration=args.seconds, seed=1)
     ours.predict(GenerationRequest(prompt=PROMPT, duration=1, seed=1), output_dir=out_dir)  # warm-up
     started = time.perf_counter()
-    [path] = ours.predict(request, output_dir=out_dir)
+    [path] = ours.predict(request, output_dir=out_dir).paths
     ours_s = time.perf_counter() - started
 
     frames = args.seconds * 50

@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def child(checkpoint: str, duration: int) -> None:
@@ -29,7 +27,7 @@ def child(checkpoint: str, duration: int) -> None:
     model = MusicGen.load(checkpoint)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.monotonic()
-    [path] = model.predict(GenerationRequest(prompt="long piece", duration=duration, seed=1))
+    [path] = model.predict(GenerationRequest(prompt="long piece", duration=duration, seed=1)).paths
     import soundfile as sf
 
     print(json.dumps({
@@ -49,7 +47,7 @@ def main() -> int:
     if args.child:
         child(args.child[0], int(args.child[1]))
         return 0
-    from musicgen.checkpoints import build_random_checkpoint
+    from musicgen_dev.checkpoints import build_random_checkpoint
 
     ckpt = build_random_checkpoint(Path(tempfile.mkdtemp(prefix="longmem-")) / "plain")
     for duration in args.durations:

@@ -9,6 +9,7 @@ predictions, or when any file is left behind.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -20,7 +21,6 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 WARMUP = 50
 
 
@@ -44,7 +44,8 @@ def main() -> int:
 
     from cog import Path as CogPath
 
-    from musicgen.checkpoints import build_random_checkpoint
+    from musicgen.inputs import DEFAULTS
+    from musicgen_dev.checkpoints import build_random_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     ckpt = build_random_checkpoint(work / "melody", melody=True, seed=3)
@@ -53,15 +54,16 @@ def main() -> int:
     sf.write(clip, (0.4 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 32000)
 
     os.environ["MUSICGEN_WEIGHTS"] = str(ckpt)
-    from predict import Predictor
+    spec = importlib.util.spec_from_file_location("predict", ROOT / "predict.py")  # as Cog loads it
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    Predictor = predict.Predictor
 
     predictor = Predictor()
     predictor.setup()
     tmp = Path(tempfile.gettempdir())
     before = {p.name for p in tmp.iterdir()}
-    base = dict(prompt="soak test", input_audio=None, duration=1, continuation=False, continuation_start=0,
-                continuation_end=None, normalization_strategy="loudness", top_k=250, top_p=0.0, temperature=1.0,
-                classifier_free_guidance=3, output_format="wav", seed=None)
+    base = {**DEFAULTS, "prompt": "soak test", "duration": 1}
     kinds = [
         dict(),
         dict(input_audio=CogPath(clip), output_format="mp3"),

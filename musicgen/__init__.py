@@ -4,19 +4,29 @@ Library entry points::
 
     from musicgen import MusicGen, GenerationRequest
     model = MusicGen.load("weights/musicgen-melody")
-    paths = model.predict(GenerationRequest(prompt="lofi beat", duration=8))
+    result = model.predict(GenerationRequest(prompt="lofi beat", duration=8))
+    result.paths, result.seed, result.timings
+
+Layers, each importing only the ones below it: ``service`` (request -> audio in -> engine -> normalization
+-> output) over ``engine`` (conditioning, windows, codec, the decode loop) over ``backends`` / ``decoder``
+(``kv_cache``, ``quant``); ``request`` / ``inputs`` describe what may be asked, ``settings`` / ``hub`` /
+``loading`` where the weights come from.
 """
 
 from .errors import MusicGenError, WeightsNotFoundError
 from .request import GenerationRequest
 
 
-def __getattr__(name):  # MusicGen pulls in torch/transformers: import it only when asked for
-    if name == "MusicGen":
-        from .service import MusicGen
+def __getattr__(name):  # these pull in torch/transformers: import them only when asked for
+    if name in ("MusicGen", "PredictionResult"):
+        from . import service
 
-        return MusicGen
+        return getattr(service, name)
+    if name == "Settings":
+        from .settings import Settings
+
+        return Settings
     raise AttributeError(name)
 
 
-__all__ = ["GenerationRequest", "MusicGen", "MusicGenError", "WeightsNotFoundError"]
+__all__ = ["GenerationRequest", "MusicGen", "MusicGenError", "PredictionResult", "Settings", "WeightsNotFoundError"]

@@ -8,7 +8,8 @@ sentence; limits are the named constants below.
 from __future__ import annotations
 
 import logging
-import struct
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,6 @@ MIN_AUDIO_SECONDS = 0.5  # shortest usable melody or continuation prompt
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
 SUPPORTED = "wav, mp3, flac, ogg/vorbis, opus, m4a/aac or aiff"
-_UNKNOWN_RIFF_SIZE = 0xFFFFFFFF  # streaming encoders write this when the length is not known yet
 
 
 @dataclass(frozen=True)
@@ -58,27 +58,21 @@ def _truncated(have: float, promised: float) -> MusicGenError:
     )
 
 
-def _check_riff(path: Path, size: int) -> None:
-    """A WAV whose data chunk claims more bytes than the file has is truncated (0xFFFFFFFF = unknown)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return
-        fmt = "<I" if head[:4] == b"RIFF" else ">I"
-        byte_rate = None
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk_id, chunk_size = f.read(4), struct.unpack(fmt, f.read(4))[0]
-            if chunk_id == b"fmt " and chunk_size >= 16:
-                fields = f.read(16)
-                byte_rate = struct.unpack(fmt, fields[8:12])[0]
-            if chunk_id == b"data":
-                available = size - (pos + 8)
-                if chunk_size != _UNKNOWN_RIFF_SIZE and chunk_size > available and byte_rate:
-                    raise _truncated(available / byte_rate, chunk_size / byte_rate)
-                return
-            pos += 8 + chunk_size + (chunk_size & 1)
+# libsndfile logs a data chunk whose size runs past the end of the file as "data : <header> (should be <file>)"
+# (it reads what is there); 0xFFFFFFFF in the header is a streaming encoder's "length unknown", not truncation
+_CLAMPED_CHUNK = re.compile(r"^(?:data|SSND) : (\d+) \(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_CHUNK_SIZE = 0xFFFFFFFF
+
+
+def _check_complete(info) -> None:
+    """Refuse a file whose header promises more audio than it holds, from libsndfile's own header parse."""
+    found = _CLAMPED_CHUNK.search(info.extra_info or "")
+    if not found:
+        return
+    promised, present = int(found[1]), int(found[2])
+    if promised != _UNKNOWN_CHUNK_SIZE and 0 < present < promised:
+        seconds = info.frames / info.samplerate
+        raise _truncated(seconds, seconds * promised / present)
 
 
 def _probe_soundfile(path: Path) -> AudioInfo | None:
@@ -90,6 +84,7 @@ def _probe_soundfile(path: Path) -> AudioInfo | None:
         return None
     if info.samplerate <= 0 or info.channels <= 0:
         return None
+    _check_complete(info)
     return AudioInfo(path, "soundfile", int(info.samplerate), int(info.channels), info.frames / info.samplerate)
 
 
@@ -102,6 +97,8 @@ def _probe_pyav(path: Path) -> AudioInfo | None:
                 return None
             stream = container.streams.audio[0]
             ctx = stream.codec_context
+            if ctx is None:  # no decoder for this stream
+                return None
             rate = int(ctx.sample_rate or stream.rate or 0)
             channels = int(ctx.channels or (ctx.layout.nb_channels if ctx.layout else 0))
             seconds = None  # unknown (or announced as 0, which says nothing about what the stream holds)
@@ -129,7 +126,6 @@ def probe(path: str | Path) -> AudioInfo:
             f"input_audio is {_mib(size)}, over the {_mib(MAX_UPLOAD_BYTES)} limit; upload a shorter or "
             "compressed (mp3, ogg, m4a) file."
         )
-    _check_riff(path, size)
     info = _probe_soundfile(path)
     if info is None or info.seconds == 0:  # libsndfile reports 0 frames for an Ogg stream cut short
         info = _probe_pyav(path) or info
@@ -178,12 +174,14 @@ def _read_pyav(info: AudioInfo, start: float, end: float | None) -> np.ndarray:
             stream = container.streams.audio[0]
             if start > 0:
                 container.seek(int(start * 1_000_000), any_frame=False)  # to the keyframe before `start`
-            resampler = av.AudioResampler(format="fltp", layout=None, rate=rate)
+            # packed (interleaved) float32: PyAV 18 finds a planar frame's planes by walking a pointer array
+            # until NULL, which 8 or more channels do not have, and reads past it (a crash)
+            resampler = av.AudioResampler(format="flt", layout=None, rate=rate)
             for frame in container.decode(stream):
                 if position is None:
                     position = int(round(float(frame.pts * frame.time_base) * rate)) if frame.pts is not None else 0
                 for out in resampler.resample(frame):
-                    arr = out.to_ndarray().astype(np.float32, copy=False)
+                    arr = out.to_ndarray().reshape(out.samples, out.layout.nb_channels).T
                     lo, hi = position, position + arr.shape[1]
                     position = hi
                     a, b = max(lo, first), hi if stop is None else min(hi, stop)
@@ -230,13 +228,39 @@ def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
     return wav[:channels]
 
 
+# julius builds its sinc kernels for the reduced ratio p/q (p = src/gcd, q = dst/gcd) with memory growing
+# with p * q: 441 * 1280 (11,025 Hz -> 32 kHz) takes a few MB, while an odd rate such as 96,129 Hz (p * q =
+# 3 * 10^9) would take tens of GB. Past this bound FFmpeg's resampler (libswresample) does the job instead.
+JULIUS_MAX_RATIO_PRODUCT = 2_000_000
+
+
 def resample(wav: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:
-    """Band-limited sinc resampling (julius, as audiocraft uses)."""
+    """Band-limited sinc resampling of (channels, frames): julius (what audiocraft uses) for every common
+    rate, libswresample for rates whose ratio julius cannot take in bounded memory. Output length
+    ``int(frames * dst_rate / src_rate)``."""
     if src_rate == dst_rate:
         return wav
-    import julius
+    gcd = math.gcd(int(src_rate), int(dst_rate))
+    if (src_rate // gcd) * (dst_rate // gcd) <= JULIUS_MAX_RATIO_PRODUCT:
+        import julius
 
-    return julius.resample_frac(wav, int(src_rate), int(dst_rate))
+        return julius.resample_frac(wav, int(src_rate), int(dst_rate))
+    return _resample_swr(wav, int(src_rate), int(dst_rate))
+
+
+def _resample_swr(wav: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:
+    import av
+
+    length = int(wav.shape[-1] * dst_rate / src_rate)
+    out = torch.zeros(wav.shape[0], length)
+    for c, channel in enumerate(wav.numpy().astype(np.float32)):
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=dst_rate)
+        frame = av.AudioFrame.from_ndarray(channel[None], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = src_rate, 0
+        pieces = [o.to_ndarray().reshape(-1) for o in resampler.resample(frame) + resampler.resample(None)]
+        data = torch.from_numpy(np.concatenate(pieces))[:length] if pieces else torch.zeros(0)
+        out[c, : data.numel()] = data
+    return out
 
 
 def to_model(data: np.ndarray, info: AudioInfo, sample_rate: int, channels: int) -> torch.Tensor:
@@ -250,3 +274,55 @@ def check_length(seconds: float, what: str) -> None:
         raise MusicGenError(
             f"{what} is only {seconds:.2f} s long; it must hold at least {MIN_AUDIO_SECONDS} s of audio."
         )
+
+
+def is_audible(wav: torch.Tensor, floor: float = 1e-4) -> bool:
+    """False for (near-)silent audio (RMS at or below ``floor``)."""
+    return bool(wav.numel()) and float(wav.float().pow(2).mean().sqrt()) > floor
+
+
+def load_melody(path: str | Path, seconds: float, sample_rate: int) -> torch.Tensor:
+    """The first ``seconds`` of a melody file as a mono waveform at ``sample_rate``; refused when it is too
+    short or silent (its chroma would be meaningless)."""
+    info = probe(path)
+    data = read(info, 0.0, seconds)
+    check_length(data.shape[1] / info.sample_rate, "input_audio")
+    wav = to_model(data, info, sample_rate, 1)[0]
+    if not is_audible(wav):
+        raise MusicGenError(
+            "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "
+            "or leave input_audio empty to generate from the prompt alone."
+        )
+    return wav
+
+
+def load_prompt(path: str | Path, start: int, end: int | None, sample_rate: int, channels: int) -> torch.Tensor:
+    """``[start, end)`` seconds of a file to continue (``end`` None: to its end; past the end: clamped, with a
+    log line) as (channels, samples) at ``sample_rate``; refused when the window is empty, too short or
+    longer than ``MAX_PROMPT_SECONDS``. Only that window is decoded."""
+    info = probe(path)
+    total = info.seconds
+
+    def start_past_end(length: str = "") -> MusicGenError:
+        return MusicGenError(
+            f"continuation_start ({start} s) is at or past the end of input_audio{length}; choose an earlier start."
+        )
+
+    if total is not None and start >= total:
+        raise start_past_end(f" ({total:.2f} s long)")
+    if end is not None and total is not None and end > total:
+        log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip", end, total)
+        end = None
+    # with an unknown length, read one second past the limit to find out whether it is exceeded
+    data = read(info, start, start + MAX_PROMPT_SECONDS + 1 if end is None else end)
+    seconds = data.shape[1] / info.sample_rate
+    if data.shape[1] == 0 and start > 0:  # the container did not say how long it is
+        raise start_past_end()
+    if seconds > MAX_PROMPT_SECONDS:
+        raise MusicGenError(
+            f"The continuation prompt (input_audio from {start} s to {'its end' if end is None else f'{end} s'}) "
+            f"is longer than the {MAX_PROMPT_SECONDS} s limit; choose a shorter part with continuation_start and "
+            "continuation_end."
+        )
+    check_length(seconds, "The continuation prompt")
+    return to_model(data, info, sample_rate, channels)

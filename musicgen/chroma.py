@@ -42,8 +42,3 @@ def chroma(wav: torch.Tensor, sample_rate: int, num_chroma: int = NUM_CHROMA) ->
     onehot = torch.zeros_like(norm.T)
     onehot.scatter_(1, norm.T.argmax(dim=1, keepdim=True), 1.0)
     return onehot
-
-
-def is_informative(wav: torch.Tensor, floor: float = 1e-4) -> bool:
-    """False for (near-)silent audio, whose chroma is meaningless."""
-    return bool(wav.numel()) and float(wav.float().pow(2).mean().sqrt()) > floor

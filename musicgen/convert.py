@@ -103,11 +103,12 @@ def map_state_dict(state: dict[str, torch.Tensor], hidden: int) -> dict[str, tor
 def convert(src: Path, dst: Path, base: Path) -> Path:
     """Write a transformers-format checkpoint to ``dst``: BASE's text encoder, tokenizer and codec with the
     language model of the audiocraft checkpoint in ``src``."""
-    from . import weights
+    from .hub import is_checkpoint
+    from .loading import load
 
-    if not weights.is_checkpoint(base):
+    if not is_checkpoint(base):
         raise MusicGenError(f"--base {base} is not a transformers MusicGen checkpoint (config.json + *.safetensors).")
-    model, tokenizer = weights.load(base, torch.device("cpu"))
+    model, tokenizer = load(base, torch.device("cpu"))
     mapped = map_state_dict(_load_lm_state(src), model.config.decoder.hidden_size)
     target = model.state_dict()
     missing = sorted(k for k in target if (k.startswith("decoder.") or "enc_to_dec_proj" in k) and k not in mapped

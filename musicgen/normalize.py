@@ -1,4 +1,4 @@
-"""Output normalization with audiocraft's ``normalize_audio`` defaults (SPEC.md).
+"""Output normalization with audiocraft's ``normalize_audio`` defaults (docs/api.md).
 
 peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS,
 then clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, via pyloudnorm), then clamp to

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 FORMATS = ("wav", "mp3")
-MP3_BITRATE_KBPS = 320
 
 
 def new_output_dir(parent: str | Path | None = None) -> Path:

@@ -1,4 +1,7 @@
-"""The predictor behind every surface (Cog, CLI, library): load once, then serve GenerationRequests."""
+"""The predictor behind every surface (Cog, CLI, library): load once, then serve GenerationRequests.
+
+A prediction is request -> audio in (``audio_io``) -> engine -> normalization -> output file; the engine
+decides what it reads of the audio and how it generates."""
 
 from __future__ import annotations
 
@@ -6,26 +9,30 @@ import logging
 import shutil
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import audio_io, chroma, normalize, output, weights
+from . import audio_io, hub, loading, normalize, output
 from .engine import Engine, Progress, WindowSettings
-from .errors import MusicGenError
+from .errors import MusicGenError, WeightsNotFoundError
 from .request import GenerationRequest
 from .sampling import SamplingParams
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """The audio inputs of a request, decoded and checked."""
+class PredictionResult:
+    """What a prediction produced: the files written, the seed used (to reproduce it) and where the time
+    went, in seconds (``audio_in``: reading the input audio; ``generate``: decoding tokens and audio;
+    ``output``: normalization and writing; ``total``)."""
 
-    prompt_wav: torch.Tensor | None = None  # continuation prompt (channels, samples), whole codec frames
-    melody_wav: torch.Tensor | None = None  # mono melody (samples,)
+    paths: list[Path]
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class ProgressLog:
@@ -56,34 +63,36 @@ class MusicGen:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
              windows: WindowSettings | None = None, allow_download: bool = True,
-             precision: str | None = None, backend: str = "fast", compile: bool | None = None) -> MusicGen:
-        """Load ``checkpoint`` (a directory), or the configured model (MUSICGEN_MODEL / MUSICGEN_WEIGHTS),
-        on ``device`` (MUSICGEN_DEVICE) decoding in ``precision`` (MUSICGEN_PRECISION), the decode step
-        compiled when ``compile`` (MUSICGEN_COMPILE=1); compiling happens here, in a warm-up generation."""
+             precision: str | None = None, backend: str = "fast", compile: bool | None = None,
+             settings: Settings | None = None) -> MusicGen:
+        """Load ``checkpoint`` (a directory), or the configured model; ``settings`` default to
+        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision`` and ``compile`` override them.
+        With ``compile`` the decode step is compiled here, in a warm-up generation."""
         started = time.monotonic()
-        path = Path(checkpoint) if checkpoint is not None else weights.locate(allow_download=allow_download)
-        if not weights.is_checkpoint(path):
-            raise weights.WeightsNotFoundError(
+        settings = settings or Settings.from_env(device=device, precision=precision, compile=compile)
+        path = Path(checkpoint) if checkpoint is not None else hub.locate(settings, allow_download=allow_download)
+        if not hub.is_checkpoint(path):
+            raise WeightsNotFoundError(
                 f"No MusicGen checkpoint (config.json + *.safetensors) in {path}: run `make weights` or point "
                 "MUSICGEN_WEIGHTS at a checkpoint directory."
             )
-        dev = weights.pick_device(device)
-        precision = weights.pick_precision(dev, precision)
-        model, tokenizer = weights.load(path, dev)
-        if compile is None:
-            compile = weights.env_flag("MUSICGEN_COMPILE")
-        engine = Engine(model, tokenizer, windows, backend=backend, precision=precision, compile=compile)
+        dev = settings.torch_device()
+        decode_precision = settings.decode_precision(dev)
+        model, tokenizer = loading.load(path, dev)
+        engine = Engine(model, tokenizer, windows, backend=backend, precision=decode_precision,
+                        compile=settings.compile)
         engine.release_reference_weights()
-        if compile and backend == "fast":
+        if settings.compile and backend == "fast":
             warm = time.monotonic()
             try:
                 # a request's shapes: a text prompt with classifier-free guidance (two batch rows)
-                engine.generate("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
+                engine.generate_codes("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
                 log.info("compiled the decode step in %.1f s", time.monotonic() - warm)
             except Exception as exc:  # a compiler failure must not take the service down: decode eagerly
                 engine.disable_compile()
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
                 log.warning("compiling the decode step failed after %.1f s (%s: %s); decoding without "
-                            "torch.compile", time.monotonic() - warm, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                            "torch.compile", time.monotonic() - warm, type(exc).__name__, first_line)
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
@@ -94,106 +103,54 @@ class MusicGen:
     def sample_rate(self) -> int:
         return self.engine.sample_rate
 
-    # ------------------------------------------------------------------ inputs
-    def prepare(self, req: GenerationRequest) -> Prepared:
-        """Decode and check the request's audio (melody or continuation prompt), reading only the part of
-        the file that generation can use."""
-        if req.input_audio is None:
-            return Prepared()
-        if req.continuation:
-            return Prepared(prompt_wav=self._prompt(req))
-        return Prepared(melody_wav=self._melody(req))
-
-    def _melody(self, req: GenerationRequest) -> torch.Tensor:
+    def _read_audio(self, req: GenerationRequest) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(prompt_wav, melody_wav) of the request, decoded and checked, reading only what generation uses."""
         eng = self.engine
+        if req.input_audio is None:
+            return None, None
+        if req.continuation:
+            return audio_io.load_prompt(req.input_audio, req.continuation_start, req.end_seconds,
+                                        eng.sample_rate, eng.channels), None
         if not eng.is_melody:
             raise MusicGenError(
                 f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "
                 "set continuation=true to continue input_audio, or deploy facebook/musicgen-melody."
             )
-        info = audio_io.probe(req.input_audio)
-        # windows read the melody at their own time offset, so at most the output's length is ever used
-        data = audio_io.read(info, 0.0, max(float(req.duration), eng.windows.window_s))
-        audio_io.check_length(data.shape[1] / info.sample_rate, "input_audio")
-        wav = audio_io.to_model(data, info, eng.sample_rate, 1)[0]
-        if not chroma.is_informative(wav):
-            raise MusicGenError(
-                "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "
-                "or leave input_audio empty to generate from the prompt alone."
-            )
-        return wav
+        return None, audio_io.load_melody(req.input_audio, eng.melody_seconds(req.duration), eng.sample_rate)
 
-    def _prompt(self, req: GenerationRequest) -> torch.Tensor:
-        eng = self.engine
-        info = audio_io.probe(req.input_audio)
-        start, end, total = req.continuation_start, req.end_seconds, info.seconds
-
-        def start_past_end(length: str = "") -> MusicGenError:
-            return MusicGenError(
-                f"continuation_start ({start} s) is at or past the end of input_audio{length}; "
-                "choose an earlier start."
-            )
-
-        if total is not None and start >= total:
-            raise start_past_end(f" ({total:.2f} s long)")
-        if end is not None and total is not None and end > total:
-            log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip", end, total)
-            end = None
-        limit = audio_io.MAX_PROMPT_SECONDS
-        # with an unknown length, read one second past the limit to find out whether it is exceeded
-        data = audio_io.read(info, start, start + limit + 1 if end is None else end)
-        seconds = data.shape[1] / info.sample_rate
-        if data.shape[1] == 0 and start > 0:  # the container did not say how long it is
-            raise start_past_end()
-        if seconds > limit:
-            raise MusicGenError(
-                f"The continuation prompt (input_audio from {start} s to {'its end' if end is None else f'{end} s'}) "
-                f"is longer than the {limit} s limit; choose a shorter part with continuation_start and "
-                "continuation_end."
-            )
-        audio_io.check_length(seconds, "The continuation prompt")
-        wav = audio_io.to_model(data, info, eng.sample_rate, eng.channels)
-        usable = (wav.shape[-1] // eng.hop) * eng.hop
-        if usable != wav.shape[-1]:
-            log.info("continuation prompt trimmed by %d samples at its start to whole codec frames",
-                     wav.shape[-1] - usable)
-        return wav[:, wav.shape[-1] - usable :]
-
-    # ------------------------------------------------------------------ predict
     def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
-                progress: Progress | None = None) -> list[Path]:
-        """Generate the request's music and write it; returns the written file paths.
+                progress: Progress | None = None) -> PredictionResult:
+        """Generate the request's music and write it.
 
         Without ``output_dir`` each call writes into a fresh temporary directory, and the previous call's
         directory is removed (its files have been handed over by then)."""
         eng = self.engine
+        started = time.monotonic()
         seed = req.resolve_seed()
         log.info("model %s, seed %d", self.name, seed)
         if not req.continuation and (req.continuation_start != 0 or req.end_seconds is not None):
             log.info("continuation_start/continuation_end are ignored because continuation is false")
-        prepared = self.prepare(req)
+        eng.check_text(req.text)
+        prompt_wav, melody_wav = self._read_audio(req)
+        read = time.monotonic()
 
-        started = time.monotonic()
         generator = torch.Generator(device=eng.device).manual_seed(seed)
-        params = SamplingParams(req.temperature, req.top_k, req.top_p, float(req.classifier_free_guidance))
-        prompt_codes = eng.encode(prepared.prompt_wav) if prepared.prompt_wav is not None else None
-        n_new = req.duration * eng.frame_rate
-        codes = eng.generate(req.text, n_new, params, generator, prompt=prompt_codes,
-                             melody=prepared.melody_wav, progress=progress or ProgressLog())
+        wav = eng.generate(req.text, req.duration, SamplingParams.of(req), generator, prompt_wav=prompt_wav,
+                           melody_wav=melody_wav, progress=progress or ProgressLog())
         generated = time.monotonic()
-        wav = eng.decode(codes).numpy()
-        wav = normalize.normalize(wav, eng.sample_rate, req.normalization_strategy)
-        decoded = time.monotonic()
 
+        wav = normalize.normalize(wav.numpy(), eng.sample_rate, req.normalization_strategy)
         if output_dir is None:
             self.release_outputs()
             output_dir = output.new_output_dir()
             self._remove_last_outputs = weakref.finalize(self, shutil.rmtree, output_dir, True)
         path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
-        log.info("wrote %s (%.2f s of audio): generation %.1f s, decoding %.1f s, total %.1f s",
-                 path.name, wav.shape[-1] / eng.sample_rate, generated - started, decoded - generated,
-                 time.monotonic() - started)
-        return [path]
+        done = time.monotonic()
+        timings = {"audio_in": read - started, "generate": generated - read, "output": done - generated,
+                   "total": done - started}
+        log.info("wrote %s (%.2f s of audio): generation %.1f s, total %.1f s", path.name,
+                 wav.shape[-1] / eng.sample_rate, timings["generate"], timings["total"])
+        return PredictionResult([path], seed, timings)
 
     def release_outputs(self) -> None:
         """Remove the directory of the last prediction's files. Cog has uploaded or encoded them by the

@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m musicgen.cog_schema --check || {
+.venv/bin/python -m musicgen_dev.cog_schema --check || {
   echo "regenerating .cog/openapi_schema.json from predict.py" >&2
-  .venv/bin/python -m musicgen.cog_schema
+  .venv/bin/python -m musicgen_dev.cog_schema
 }
 # coglet starts its worker with the first `python` on PATH: it must be the venv's.
 export PATH="$PWD/.venv/bin:$PATH"

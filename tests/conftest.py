@@ -4,32 +4,26 @@ them through the real loading path, and test audio written to disk."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from musicgen.inputs import DEFAULTS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+DATA = Path(__file__).resolve().parent / "data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub from tests
 os.environ.setdefault("MUSICGEN_DEVICE", "cpu")
 
 SR = 32000
 
-# Every input at its SPEC.md default, to be overridden per test.
-DEFAULTS = dict(
-    prompt=None, input_audio=None, duration=8, continuation=False, continuation_start=0,
-    continuation_end=None, normalization_strategy="loudness", top_k=250, top_p=0.0, temperature=1.0,
-    classifier_free_guidance=3, output_format="wav", seed=None,
-)
-
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from musicgen.checkpoints import build_random_checkpoint
+    from musicgen_dev.checkpoints import build_random_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {
@@ -67,7 +61,7 @@ def melody_predictor(checkpoints):
 
 
 def run(predictor, **inputs) -> Path:
-    """Call predict() with SPEC defaults plus ``inputs``; return the single output path."""
+    """Call predict() with every input at its default plus ``inputs``; return the single output path."""
     out = predictor.predict(**{**DEFAULTS, **inputs})
     assert isinstance(out, list) and len(out) == 1
     return Path(out[0])

@@ -4,6 +4,7 @@ with its own sentence, through the predictor, without harming the next predictio
 from __future__ import annotations
 
 import io
+import os
 import json
 import struct
 import zipfile
@@ -12,7 +13,10 @@ import zlib
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from cog import Path
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import SR, run
 from musicgen import MusicGenError, audio_io
@@ -30,16 +34,16 @@ def sine(sr: int, channels: int = 1, seconds: float = SECONDS) -> np.ndarray:
 def write_aac(path, data: np.ndarray, sr: int) -> None:
     import av
 
-    layout = {1: "mono", 2: "stereo"}[data.shape[1]]
+    layout = {1: "mono", 2: "stereo", 8: "7.1"}[data.shape[1]]
     with av.open(str(path), "w", format="ipod") as container:
         stream = container.add_stream("aac", rate=sr, layout=layout)
         frame_size = 1024
         pts = 0
         for i in range(0, data.shape[0], frame_size):
-            chunk = np.ascontiguousarray(data[i : i + frame_size].T)
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            chunk = np.ascontiguousarray(data[i : i + frame_size])  # packed: PyAV mishandles 8 planes
+            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="flt", layout=layout)
             frame.sample_rate, frame.pts = sr, pts
-            pts += chunk.shape[1]
+            pts += chunk.shape[0]
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
@@ -55,6 +59,7 @@ REAL = [
     ("wav-float", dict(format="WAV", subtype="FLOAT"), 192000, 2, False),
     ("wav-double", dict(format="WAV", subtype="DOUBLE"), 8000, 1, False),
     ("wav-5.1", dict(format="WAV", subtype="PCM_16"), 48000, 6, False),
+    ("wav-44056", dict(format="WAV", subtype="PCM_16"), 44056, 2, False),  # an odd rate: libswresample
     ("wav-7.1", dict(format="WAV", subtype="PCM_24"), 44100, 8, False),
     ("flac", dict(format="FLAC"), 44100, 2, False),
     ("flac-8ch", dict(format="FLAC"), 96000, 8, False),
@@ -65,6 +70,7 @@ REAL = [
     ("mp3-16k", dict(format="MP3"), 16000, 1, True),
     ("m4a-aac", "aac", 44100, 2, True),
     ("m4a-aac-mono", "aac", 22050, 1, True),
+    ("m4a-aac-7.1", "aac", 48000, 8, True),  # decoded by FFmpeg (PyAV), with 8 planes
 ]
 
 
@@ -85,6 +91,26 @@ def test_real_formats_decode_to_right_length_and_pitch(tmp_path, name, kwargs, s
     x = wav[0].numpy()
     spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
     assert np.fft.rfftfreq(x.size, 1 / SR)[spectrum.argmax()] == pytest.approx(FREQ, abs=2.0)
+
+
+def test_any_sample_rate_resamples_in_bounded_memory(tmp_path):
+    """julius' kernels for a ratio such as 96,129 Hz -> 32 kHz would need tens of GB: a hostile header
+    must not take the worker down. Decoded in a child process limited to 4 GB of address space."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "odd.wav"
+    sf.write(path, sine(96129, 1, 3.0), 96129, format="WAV", subtype="PCM_16")
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from musicgen import audio_io\n"
+        "wav = audio_io.load_prompt(sys.argv[1], 0, None, 32000, 1)\n"
+        "print(wav.shape[1])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert abs(int(done.stdout.split()[-1]) - 3 * SR) <= 1
 
 
 def test_streaming_wav_with_unknown_length_is_valid(tmp_path):
@@ -230,3 +256,62 @@ def test_ogg_stream_cut_short_decodes_what_it_holds(tmp_path):
     info = audio_io.probe(path)
     data = audio_io.read(info)
     assert 0.5 * 44100 < data.shape[1] < 4.0 * 44100 and np.isfinite(data).all()
+
+
+# ---------------------------------------------------------------- robustness as a property
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[bytes]:
+    """Every real format of REAL, encoded once: the seeds the mutations start from."""
+    d = tmp_path_factory.mktemp("corpus")
+    files = []
+    for name, kwargs, sr, channels, _ in REAL:
+        path = d / name
+        data = sine(sr, channels, 1.0)
+        if kwargs == "aac":
+            write_aac(path, data, sr)
+        else:
+            sf.write(path, data, sr, **kwargs)
+        files.append(path.read_bytes())
+    return files
+
+
+@st.composite
+def damaged(draw, corpus):
+    """A corpus file cut at a random offset and/or with random bytes overwritten."""
+    data = bytearray(draw(st.sampled_from(corpus)))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    for _ in range(draw(st.integers(0, 8))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        data[at] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+def test_damaged_files_decode_within_limits_or_fail_with_one_sentence(corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "upload"
+    outcomes = {"decoded": 0, "refused": 0}
+
+    @given(damaged(corpus), st.booleans())
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), deadline=None, derandomize=not os.environ.get("FUZZ_EXAMPLES"), database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    def check(data: bytes, as_melody: bool):
+        path.write_bytes(data)
+        try:
+            if as_melody:
+                wav = audio_io.load_melody(path, 30.0, SR)[None]
+            else:
+                wav = audio_io.load_prompt(path, 0, None, SR, 2)
+        except MusicGenError as err:
+            message = str(err)
+            assert message and "\n" not in message and message.endswith("."), message
+            outcomes["refused"] += 1
+            return
+        assert wav.dtype == torch.float32 and wav.shape[0] == (1 if as_melody else 2)
+        assert audio_io.MIN_AUDIO_SECONDS * SR <= wav.shape[1] <= (audio_io.MAX_PROMPT_SECONDS + 1) * SR
+        assert torch.isfinite(wav).all()
+        outcomes["decoded"] += 1
+
+    check()
+    assert outcomes["decoded"] > 10 and outcomes["refused"] > 10, outcomes  # both sides were exercised

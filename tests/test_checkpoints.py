@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from cog import Path
 
 from conftest import SR, _setup_predictor, read, run, tone
+from musicgen import MusicGenError
 from musicgen.engine import Engine
 from musicgen.sampling import SamplingParams
-from musicgen.weights import load
+from musicgen.loading import load
 from test_engine import TEXT, reference_codes
 
 KINDS = ["plain", "melody", "plain-stereo", "melody-stereo"]
@@ -29,7 +29,7 @@ def test_stereo_greedy_tokens_equal_transformers_generate(checkpoints, kind):
     melody = torch.from_numpy(tone([440.0, 330.0], 3.0)) if "melody" in kind else None
     prompt = torch.randint(0, 2048, (8, 20), generator=torch.Generator().manual_seed(0))
     for p in (None, prompt):
-        ours = engine.generate(TEXT, 40, SamplingParams(temperature=0.0, cfg_scale=3.0), prompt=p, melody=melody)
+        ours = engine.generate_codes(TEXT, 40, SamplingParams(temperature=0.0, cfg_scale=3.0), prompt_codes=p, melody_wav=melody)
         assert torch.equal(ours, reference_codes(model, tokenizer, 40, 3.0, prompt=p, melody=melody))
 
 
@@ -46,7 +46,7 @@ def test_every_layout_generates_with_its_channel_count(predictors, audio_files, 
         mel, _ = read(run(predictor, input_audio=Path(audio_files["wav"]), duration=1, seed=1))
         assert mel.shape == (channels, SR)
     else:
-        with pytest.raises(Exception, match=f"The loaded model {kind} cannot follow a melody"):
+        with pytest.raises(MusicGenError, match=f"The loaded model {kind} cannot follow a melody"):
             run(predictor, input_audio=Path(audio_files["wav"]), duration=1)
 
 
@@ -100,7 +100,7 @@ def _copy_checkpoint(src, dst, rename=None, extra=None):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_mapped_load_equals_transformers_from_pretrained(checkpoints, kind, caplog):
-    caplog.set_level("INFO", logger="musicgen.weights")
+    caplog.set_level("INFO", logger="musicgen.loading")
     model, _ = load(checkpoints[kind], torch.device("cpu"))
     assert "with transformers" not in caplog.text  # the mapped path took it
     _assert_same_model(model, _reference_load(checkpoints[kind]))
@@ -114,7 +114,7 @@ def test_hub_style_weight_norm_names_are_mapped(checkpoints, tmp_path, caplog):
 
     with safe_open(str(legacy / "model.safetensors"), "pt") as f:
         assert any(k.endswith(".weight_g") for k in f.keys())
-    caplog.set_level("INFO", logger="musicgen.weights")
+    caplog.set_level("INFO", logger="musicgen.loading")
     model, _ = load(legacy, torch.device("cpu"))
     assert "with transformers" not in caplog.text
     _assert_same_model(model, _reference_load(checkpoints["melody"]))
@@ -129,7 +129,7 @@ def test_sharded_checkpoint_is_mapped(checkpoints, tmp_path, caplog):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoints["plain"] / name, sharded / name)
     assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("*.safetensors"))) > 1
-    caplog.set_level("INFO", logger="musicgen.weights")
+    caplog.set_level("INFO", logger="musicgen.loading")
     model, _ = load(sharded, torch.device("cpu"))
     assert "with transformers" not in caplog.text
     _assert_same_model(model, ref)
@@ -137,7 +137,7 @@ def test_sharded_checkpoint_is_mapped(checkpoints, tmp_path, caplog):
 
 def test_unmatched_checkpoint_falls_back_to_transformers(checkpoints, tmp_path, caplog):
     odd = _copy_checkpoint(checkpoints["plain"], tmp_path / "odd", extra={"some.unknown.tensor": torch.zeros(3)})
-    caplog.set_level("INFO", logger="musicgen.weights")
+    caplog.set_level("INFO", logger="musicgen.loading")
     model, _ = load(odd, torch.device("cpu"))
     assert "loading odd with transformers" in caplog.text and "some.unknown.tensor" in caplog.text
     _assert_same_model(model, _reference_load(checkpoints["plain"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,7 +20,7 @@ def test_request_defaults_follow_spec():
         None, None, 8, False, 0, None)
     assert (r.normalization_strategy, r.top_k, r.top_p, r.temperature, r.classifier_free_guidance,
             r.output_format, r.seed) == ("loudness", 250, 0.0, 1.0, 3, "wav", None)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         r.duration = 9  # frozen
 
 

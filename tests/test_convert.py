@@ -11,7 +11,7 @@ from musicgen import MusicGenError
 from musicgen.convert import main as convert_main
 from musicgen.engine import Engine
 from musicgen.sampling import SamplingParams
-from musicgen.weights import load
+from musicgen.loading import load
 from test_engine import TEXT
 
 
@@ -66,9 +66,9 @@ def test_converted_checkpoint_gives_identical_greedy_tokens(checkpoints, tmp_pat
 
     converted, conv_tok = load(tmp_path / "out", torch.device("cpu"))
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
-    expected = Engine(model, tokenizer, precision="fp32").generate(TEXT, 40, greedy)
-    assert torch.equal(Engine(converted, conv_tok, precision="fp32").generate(TEXT, 40, greedy), expected)
-    assert not torch.equal(Engine(base_model, tokenizer, precision="fp32").generate(TEXT, 40, greedy), expected)
+    expected = Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 40, greedy)
+    assert torch.equal(Engine(converted, conv_tok, precision="fp32").generate_codes(TEXT, 40, greedy), expected)
+    assert not torch.equal(Engine(base_model, tokenizer, precision="fp32").generate_codes(TEXT, 40, greedy), expected)
 
 
 def test_converter_refuses_what_it_does_not_know(checkpoints, tmp_path, capsys):

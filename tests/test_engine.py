@@ -9,7 +9,7 @@ from conftest import SR, tone
 from musicgen.chroma import chroma
 from musicgen.engine import Engine, WindowSettings
 from musicgen.sampling import SamplingParams
-from musicgen.weights import load
+from musicgen.loading import load
 
 TEXT = "lofi beat with piano"
 
@@ -59,7 +59,7 @@ def test_greedy_tokens_equal_transformers_generate(loaded, cfg, with_prompt, bac
     melody = torch.from_numpy(tone([440.0, 330.0], 3.0)) if kind == "melody" else None
     prompt = torch.randint(0, 2048, (engine.num_codebooks, 30), generator=torch.Generator().manual_seed(0)) if with_prompt else None
     n_new = 60
-    ours = engine.generate(TEXT, n_new, SamplingParams(temperature=0.0, cfg_scale=cfg), prompt=prompt, melody=melody)
+    ours = engine.generate_codes(TEXT, n_new, SamplingParams(temperature=0.0, cfg_scale=cfg), prompt_codes=prompt, melody_wav=melody)
     ref = reference_codes(model, tokenizer, n_new, cfg, prompt=prompt, melody=melody)
     assert ours.shape == ref.shape == (engine.num_codebooks, n_new + (30 if with_prompt else 0))
     assert torch.equal(ours, ref)
@@ -71,10 +71,10 @@ def test_greedy_tokens_equal_transformers_generate(loaded, cfg, with_prompt, bac
 def test_window_plan_covers_long_durations(loaded):
     _, model, tokenizer = loaded
     engine = Engine(model, tokenizer, WindowSettings(window_s=2.0, stride_s=1.2))  # 100 frames, stride 60
-    assert engine._plan(0, 100) == [(0, 100)]
-    assert engine._plan(0, 160) == [(0, 100), (40, 60)]
-    assert engine._plan(0, 340) == [(0, 100), (40, 60), (40, 60), (40, 60), (40, 60)]
-    assert engine._plan(150, 30) == [(70, 30)]  # a long prompt keeps its most recent part
+    assert engine.plan(0, 100) == [(0, 100)]
+    assert engine.plan(0, 160) == [(0, 100), (40, 60)]
+    assert engine.plan(0, 340) == [(0, 100), (40, 60), (40, 60), (40, 60), (40, 60)]
+    assert engine.plan(150, 30) == [(70, 30)]  # a long prompt keeps its most recent part
 
 
 @pytest.mark.parametrize("seconds,windows", [(2, 1), (3, 2), (6, 5)])
@@ -85,11 +85,11 @@ def test_long_generation_is_exact_length_and_reproducible(loaded, seconds, windo
     params = SamplingParams(temperature=1.0, top_k=50)
     n_new = seconds * engine.frame_rate
     with caplog.at_level("INFO"):
-        a = engine.generate(TEXT, n_new, params, torch.Generator().manual_seed(7), melody=melody)
+        a = engine.generate_codes(TEXT, n_new, params, torch.Generator().manual_seed(7), melody_wav=melody)
     assert a.shape == (engine.num_codebooks, n_new)
     if windows > 1:
         assert f"window {windows}/{windows}" in caplog.text
-    b = engine.generate(TEXT, n_new, params, torch.Generator().manual_seed(7), melody=melody)
+    b = engine.generate_codes(TEXT, n_new, params, torch.Generator().manual_seed(7), melody_wav=melody)
     assert torch.equal(a, b)
     assert engine.decode(a).shape == (engine.channels, seconds * SR)
 
@@ -100,7 +100,7 @@ def test_chunked_decode_matches_shape_and_stays_close(loaded):
     codes = torch.randint(0, 2048, (engine.num_codebooks, 300), generator=torch.Generator().manual_seed(1))
     whole = engine.decode(codes, chunk_frames=1000)
     chunked = engine.decode(codes, chunk_frames=100, context_frames=50)
-    assert whole.shape == chunked.shape == (engine.channels, 300 * engine.hop)
+    assert whole.shape == chunked.shape == (engine.channels, 300 * engine.codec.hop)
     assert (whole - chunked).abs().max() < 0.05 * whole.abs().max()
 
 
@@ -129,8 +129,8 @@ def test_each_window_is_prompted_with_the_last_tokens_of_the_previous_one(loaded
     melody = torch.from_numpy(tone([440.0, 330.0, 262.0], 1.7)) if kind == "melody" else None
     prompt = torch.randint(0, 2048, (engine.num_codebooks, 25), generator=torch.Generator().manual_seed(3))
     events = []
-    codes = engine.generate(TEXT, 250, SamplingParams(top_k=50), torch.Generator().manual_seed(1),
-                            prompt=prompt, melody=melody, on_window=events.append)
+    codes = engine.generate_codes(TEXT, 250, SamplingParams(top_k=50), torch.Generator().manual_seed(1),
+                            prompt_codes=prompt, melody_wav=melody, on_window=events.append)
     assert codes.shape == (engine.num_codebooks, 25 + 250)
     assert torch.equal(codes[:, :25], prompt)
     # plan: (25 ctx, 75 new), then (40, 60), (40, 60), (40, 55)
@@ -155,13 +155,13 @@ def test_windowed_melody_is_read_at_each_windows_time(checkpoints):
     engine = Engine(model, tokenizer, WindowSettings(window_s=2.0, stride_s=1.2))
     # a melody whose pitch changes every 0.6 s: windows starting at different times see different chroma
     melody = torch.from_numpy(tone([262.0, 330.0, 392.0, 494.0, 587.0], 3.0))
-    seen = [engine._chroma(melody, start, engine.window_frames).argmax(1) for start in (0, 60, 120)]
+    seen = [engine.melody_chroma(melody, start, engine.window_frames).argmax(1) for start in (0, 60, 120)]
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
     # and the window's chroma is the melody's own chroma from that offset (tiled past its end)
     from musicgen.chroma import chroma as chroma_of
 
-    offset = 60 * engine.hop
-    expected = chroma_of(torch.cat([melody, melody])[offset : offset + engine.window_frames * engine.hop], SR)
+    offset = 60 * engine.codec.hop
+    expected = chroma_of(torch.cat([melody, melody])[offset : offset + engine.window_frames * engine.codec.hop], SR)
     assert torch.equal(seen[1].float(), expected.argmax(1).float())
 
 
@@ -169,8 +169,8 @@ def test_windowed_melody_is_read_at_each_windows_time(checkpoints):
 def test_reduced_precisions_generate_valid_tokens_and_mostly_agree(loaded, precision):
     _, model, tokenizer = loaded
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
-    full = Engine(model, tokenizer, precision="fp32").generate(TEXT, 50, greedy)
-    reduced = Engine(model, tokenizer, precision=precision).generate(TEXT, 50, greedy)
+    full = Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 50, greedy)
+    reduced = Engine(model, tokenizer, precision=precision).generate_codes(TEXT, 50, greedy)
     assert reduced.shape == full.shape and reduced.dtype == torch.long
     assert int(reduced.min()) >= 0 and int(reduced.max()) < 2048
     assert (reduced == full).float().mean() > 0.5  # same model, small numeric differences only
@@ -178,30 +178,30 @@ def test_reduced_precisions_generate_valid_tokens_and_mostly_agree(loaded, preci
 
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_int8_kernels_dynamic_and_weight_only(loaded, monkeypatch, dynamic):
-    from musicgen import decoder
+    from musicgen import quant
 
-    if dynamic and not decoder.int8_dynamic_available():
+    if dynamic and not quant.int8_dynamic_available():
         pytest.skip("this PyTorch build has no quantized engine")
     if not dynamic:  # what a machine without a quantized engine runs
-        monkeypatch.setattr(decoder, "int8_dynamic_available", lambda: False)
+        monkeypatch.setattr(quant, "int8_dynamic_available", lambda: False)
     _, model, tokenizer = loaded
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
-    full = Engine(model, tokenizer, precision="fp32").generate(TEXT, 50, greedy)
+    full = Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 50, greedy)
     engine = Engine(model, tokenizer, precision="int8")
     kinds = {layer.fc1.kind for layer in engine.backend.decoder.layers} | {engine.backend.decoder.heads_out.kind}
     assert kinds == {"int8-dynamic" if dynamic else "int8"}
-    assert engine.backend.decoder.dtype == (torch.float32 if dynamic else decoder.compute_dtype("int8", torch.device("cpu")))
-    reduced = engine.generate(TEXT, 50, greedy)
+    assert engine.backend.decoder.dtype == (torch.float32 if dynamic else quant.compute_dtype("int8", torch.device("cpu")))
+    reduced = engine.generate_codes(TEXT, 50, greedy)
     assert reduced.shape == full.shape and (reduced == full).float().mean() > 0.5
 
 
 def test_blockwise_int8_quantization_is_per_row_symmetric_over_the_concatenation(monkeypatch):
-    from musicgen import decoder
+    from musicgen import quant
 
-    monkeypatch.setattr(decoder, "QUANT_BLOCK", 3 * 64)  # blocks of 3 rows: parts end mid-block
+    monkeypatch.setattr(quant, "QUANT_BLOCK", 3 * 64)  # blocks of 3 rows: parts end mid-block
     gen = torch.Generator().manual_seed(0)
     parts = [torch.randn(7, 64, generator=gen) * scale for scale in (0.1, 3.0, 1.0)] + [torch.zeros(2, 64)]
-    q, scale = decoder.quantize_int8(parts, torch.float32)
+    q, scale = quant.quantize_int8(parts, torch.float32)
     whole = torch.cat(parts)
     expected_scale = whole.abs().amax(dim=1).clamp(min=1e-8) / 127
     assert torch.equal(scale, expected_scale)
@@ -215,16 +215,16 @@ def test_fast_decoder_logits_match_transformers_within_1e_4(loaded):
     fast = Engine(model, tokenizer, backend="fast", precision="fp32")
     ref = Engine(model, tokenizer, backend="reference")
     with torch.inference_mode():
-        cond = ref.condition(TEXT, None, 3.0)
+        cond = ref.conditioner.condition(ref.conditioner.encode_text(TEXT), None, 3.0)
         seq = torch.randint(0, 2048, (1, ref.num_codebooks, 40), generator=torch.Generator().manual_seed(5))
         seq[:, :, 0] = ref.start_id
         for engine in (fast, ref):
             engine.backend.start(cond, 64)
-        logits = [(fast.backend.forward(seq[:, :, :10].expand(cond.rows, -1, -1)),
-                   ref.backend.forward(seq[:, :, :10].expand(cond.rows, -1, -1)))]
+        logits = [(fast.backend.prefill(seq[:, :, :10].expand(cond.rows, -1, -1)),
+                   ref.backend.prefill(seq[:, :, :10].expand(cond.rows, -1, -1)))]
         for s in range(10, 40):
             step = seq[:, :, s : s + 1].expand(cond.rows, -1, -1)
-            logits.append((fast.backend.forward(step), ref.backend.forward(step)))
+            logits.append((fast.backend.step(step), ref.backend.step(step)))
     for a, b in logits:
         assert torch.allclose(a, b, atol=1e-4, rtol=0)
 
@@ -232,8 +232,8 @@ def test_fast_decoder_logits_match_transformers_within_1e_4(loaded):
 def test_compiled_decode_step_gives_the_same_tokens(checkpoints):
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
-    eager = Engine(model, tokenizer, precision="fp32").generate(TEXT, 30, greedy)
-    compiled = Engine(model, tokenizer, precision="fp32", compile=True).generate(TEXT, 30, greedy)
+    eager = Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 30, greedy)
+    compiled = Engine(model, tokenizer, precision="fp32", compile=True).generate_codes(TEXT, 30, greedy)
     assert torch.equal(eager, compiled)
 
 
@@ -242,17 +242,19 @@ def test_static_step_windows_and_compile_match_the_dynamic_step(checkpoints):
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     windows = WindowSettings(window_s=1.0, stride_s=0.6)  # three windows: the cache is reused and cleared
     frames = 120
-    dynamic = Engine(model, tokenizer, windows, precision="fp32").generate(TEXT, frames, greedy)
+    dynamic = Engine(model, tokenizer, windows, precision="fp32").generate_codes(TEXT, frames, greedy)
     static = Engine(model, tokenizer, windows, precision="fp32", static_step=True)
-    assert torch.equal(static.generate(TEXT, frames, greedy), dynamic)
+    assert torch.equal(static.generate_codes(TEXT, frames, greedy), dynamic)
     # cache length and text length are bucketed, so the compiled step keeps one shape per window size
-    assert static.backend.decoder.layers[0].k_cache.shape[2] % 256 == 0
-    assert static.backend.decoder.layers[0].k_c.shape[2] % 64 == 0
-    shape = static.backend.decoder.layers[0].k_cache.shape
-    static.generate("a much longer prompt than before, about anything at all", 10, greedy)
-    assert static.backend.decoder.layers[0].k_cache.shape == shape  # any length: the window's one shape
+    decoder = static.backend.decoder
+    assert decoder.caches[0].shape[2] % 256 == 0
+    assert decoder.text[0].k.shape[2] % 64 == 0
+    shape, storage = decoder.caches[0].shape, decoder.caches[0].k.data_ptr()
+    static.generate_codes("a much longer prompt than before, about anything at all", 10, greedy)
+    assert decoder.caches[0].shape == shape  # any length: the window's one shape
+    assert decoder.caches[0].k.data_ptr() == storage  # and the same buffer (what a CUDA graph replays)
     compiled = Engine(model, tokenizer, windows, precision="fp32", compile=True, static_step=True)
-    assert torch.equal(compiled.generate(TEXT, frames, greedy), dynamic)
+    assert torch.equal(compiled.generate_codes(TEXT, frames, greedy), dynamic)
 
 
 def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatch, caplog):
@@ -269,5 +271,5 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatc
     assert "compiling the decode step failed" in caplog.text and "backend exploded" in caplog.text
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
-    assert torch.equal(service.engine.generate(TEXT, 20, greedy),
-                       Engine(model, tokenizer, precision="fp32").generate(TEXT, 20, greedy))
+    assert torch.equal(service.engine.generate_codes(TEXT, 20, greedy),
+                       Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 20, greedy))

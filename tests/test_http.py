@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,6 +154,64 @@ def test_user_errors_fail_with_one_sentence_and_server_stays_ready(server, input
     assert_ready(server)
     status, body = server.predict({"duration": 1, "seed": 1})
     assert body["status"] == "succeeded", body
+
+
+def test_explicit_null_means_not_given(server):
+    nulls = {"prompt": None, "input_audio": None, "continuation_end": None, "seed": None}
+    status, body = server.predict({**nulls, "duration": 1})
+    assert status == 200 and body["status"] == "succeeded", body
+    assert decode_output(body["output"][0])[0].shape == (1, SR)
+    assert re.search(r"seed \d+", body["logs"])  # a random seed was drawn and logged
+
+
+def test_integral_numbers_for_integer_inputs_are_accepted_and_fractions_refused(server):
+    status, body = server.predict({"duration": 2.0, "seed": 3.0, "top_k": 50.0})
+    assert status == 200 and body["status"] == "succeeded", body
+    assert decode_output(body["output"][0])[0].shape == (1, 2 * SR) and "seed 3" in body["logs"]
+    status, body = server.predict({"duration": 2.5})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "duration", body
+
+
+def _worker_memory_kib(server) -> tuple[int, int]:
+    """(current RSS, peak RSS) of coglet's Python worker, the process that runs predict()."""
+    def children(pid):
+        found = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    pids, workers = [server.proc.pid], []
+    while pids:
+        pid = pids.pop()
+        kids = children(pid)
+        pids += kids
+        workers += [k for k in kids if b"coglet" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    assert len(workers) == 1, workers
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{workers[0]}/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def test_hostile_requests_are_refused_and_memory_stays_bounded(server):
+    status, body = server.predict({"prompt": "warm up", "duration": 2, "seed": 1})
+    assert body["status"] == "succeeded", body
+    rss_before, peak_before = _worker_memory_kib(server)
+    hostile = [
+        ({"prompt": "x" * 1_000_000, "duration": 1}, "prompt is 1000000 characters long, far more than the 512 tokens"),
+        ({"prompt": "lofi hip hop beat with soft drums " * 600, "duration": 1}, "more than the 512 tokens"),
+        ({"prompt": "jazz " * 4000, "duration": 1}, "more than the 512 tokens"),
+    ]
+    for _ in range(3):
+        for inputs, sentence in hostile:
+            status, body = server.predict(inputs)
+            assert status == 200 and body["status"] == "failed" and sentence in body["error"], body
+        for inputs in ({"temperature": 1e-320, "duration": 1}, {"classifier_free_guidance": 10**9, "duration": 1},
+                       {"temperature": 1e300, "duration": 1}):
+            status, body = server.predict(inputs)
+            assert status == 200 and body["status"] == "succeeded", body
+    assert_ready(server)
+    rss_after, peak_after = _worker_memory_kib(server)
+    assert rss_after - rss_before < 100 * 1024, (rss_before, rss_after)  # KiB: no growth left behind
+    assert peak_after - peak_before < 200 * 1024, (peak_before, peak_after)  # and no spike on the way
 
 
 # ---------------------------------------------------------------- async, webhooks, cancel, concurrency

@@ -11,10 +11,8 @@ import pytest
 from cog import Path
 
 from conftest import SR, read, run
+from musicgen import GenerationRequest, MusicGenError
 from musicgen.normalize import loudness_lufs
-
-HOP = 640  # samples per codec frame at 32 kHz / 50 Hz
-
 
 def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -40,9 +38,10 @@ def test_unconditional_generation_without_prompt(plain_predictor):
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
 def test_melody_from_audio_file(melody_predictor, audio_files, fmt):
-    out = run(melody_predictor, prompt="piano", input_audio=Path(audio_files[fmt]), duration=2, seed=3)
-    wav, sr = read(out)
+    common = dict(prompt="piano", duration=2, seed=3, temperature=0.0)
+    wav, sr = read(run(melody_predictor, input_audio=Path(audio_files[fmt]), **common))
     assert sr == SR and wav.shape == (1, 2 * SR)
+    assert not np.array_equal(wav, read(run(melody_predictor, **common))[0])  # the melody steered it
 
 
 def test_melody_changes_the_output(melody_predictor, audio_files):
@@ -55,12 +54,12 @@ def test_melody_changes_the_output(melody_predictor, audio_files):
 
 
 def test_melody_on_plain_model_names_the_model(plain_predictor, audio_files):
-    with pytest.raises(Exception, match=r"The loaded model plain cannot follow a melody"):
+    with pytest.raises(MusicGenError, match=r"The loaded model plain cannot follow a melody"):
         run(plain_predictor, input_audio=Path(audio_files["wav"]), duration=1)
 
 
 def test_silent_melody_is_refused_with_reason(melody_predictor, audio_files):
-    with pytest.raises(Exception, match=r"input_audio is silent, so it has no melody to follow"):
+    with pytest.raises(MusicGenError, match=r"input_audio is silent, so it has no melody to follow"):
         run(melody_predictor, input_audio=Path(audio_files["silent"]), duration=1)
 
 
@@ -169,14 +168,58 @@ def test_greedy_decoding_ignores_the_seed(plain_predictor):
 
 @pytest.mark.parametrize("overrides", [
     dict(top_p=0.9), dict(top_k=0), dict(classifier_free_guidance=0), dict(classifier_free_guidance=1),
-    dict(temperature=2.5, top_k=5),
+    dict(temperature=2.5, top_k=5), dict(temperature=1e-30), dict(classifier_free_guidance=10**9),
 ])
-def test_sampling_settings_generate(plain_predictor, overrides):
-    wav, _ = read(run(plain_predictor, prompt="ambient", duration=1, seed=3, **overrides))
-    assert wav.shape == (1, SR) and np.isfinite(wav).all()
+def test_sampling_settings_change_the_music_and_reproduce(plain_predictor, overrides):
+    common = dict(prompt="ambient", duration=1, seed=3)
+    wav, _ = read(run(plain_predictor, **common, **overrides))
+    assert wav.shape == (1, SR) and np.abs(wav).max() > 0.01
+    np.testing.assert_array_equal(wav, read(run(plain_predictor, **common, **overrides))[0])
+    assert not np.array_equal(wav, read(run(plain_predictor, **common))[0])  # the setting was applied
 
 
-# ---------------------------------------------------------------- errors (SPEC.md's rules)
+@pytest.mark.parametrize("temperature", [1e-320, 5e-324, 1e-39])
+def test_a_temperature_too_small_to_divide_by_decodes_greedily(plain_predictor, temperature):
+    common = dict(prompt="ambient", duration=1, seed=3)
+    greedy = sha(run(plain_predictor, temperature=0.0, **common))
+    assert sha(run(plain_predictor, temperature=temperature, **common)) == greedy
+
+
+def test_the_library_returns_the_seed_it_used(plain_predictor):
+    service = plain_predictor.musicgen
+    result = service.predict(GenerationRequest(prompt="rock", duration=1, seed=-1))
+    assert 0 <= result.seed <= 2**32 - 1 and result.paths[0].name.startswith(f"musicgen-{result.seed}-")
+    assert set(result.timings) == {"audio_in", "generate", "output", "total"}
+    assert result.timings["total"] >= result.timings["generate"] > 0
+    first = sha(result.paths[0])
+    again = service.predict(GenerationRequest(prompt="rock", duration=1, seed=result.seed))
+    assert again.seed == result.seed and sha(again.paths[0]) == first
+
+
+def test_a_prompt_over_the_text_encoders_limit_is_refused_before_any_work(plain_predictor, audio_files):
+    words = "lofi hip hop beat with mellow piano and soft drums " * 60  # ~600 tokens of a 512-token encoder
+    with pytest.raises(MusicGenError) as err:  # refused before the (unreadable) audio is even opened
+        run(plain_predictor, prompt=words, input_audio=Path(audio_files["text"]), continuation=True, duration=1)
+    assert re.fullmatch(r"prompt is \d+ tokens long, more than the 512 tokens the text encoder reads; shorten it\.",
+                        str(err.value)), str(err.value)
+    with pytest.raises(MusicGenError) as err:
+        run(plain_predictor, prompt="x" * 1_000_000, duration=1)
+    assert str(err.value) == ("prompt is 1000000 characters long, far more than the 512 tokens the text encoder "
+                              "reads; shorten it to a few sentences.")
+    wav, _ = read(run(plain_predictor, prompt=words[:600], duration=1, seed=1))  # within the limit: fine
+    assert wav.shape == (1, SR)
+
+
+def test_integral_floats_are_taken_as_integers():
+    request = GenerationRequest(duration=2.0, top_k=5.0, seed=7.0, continuation_end=-1.0)
+    assert (request.duration, request.top_k, request.seed, request.continuation_end) == (2, 5, 7, -1)
+    assert all(type(v) is int for v in (request.duration, request.top_k, request.seed))
+    with pytest.raises(MusicGenError) as err:
+        GenerationRequest(duration=2.5)
+    assert str(err.value) == "duration must be a whole number of seconds from 1 to 300, got 2.5."
+
+
+# ---------------------------------------------------------------- errors (the contract's rules, docs/api.md)
 @pytest.mark.parametrize("inputs,sentence", [
     (dict(continuation=True), r"continuation=true needs input_audio"),
     (dict(duration=0), r"duration must be a whole number of seconds from 1 to 300, got 0"),
@@ -193,8 +236,6 @@ def test_sampling_settings_generate(plain_predictor, overrides):
     (dict(input_audio="/etc/passwd"), r"input_audio must be an uploaded audio file .*not a plain string"),
 ])
 def test_invalid_inputs_fail_with_one_sentence(plain_predictor, inputs, sentence):
-    from musicgen import MusicGenError
-
     with pytest.raises(MusicGenError, match=sentence) as err:
         run(plain_predictor, duration=inputs.pop("duration", 1), **inputs)
     message = str(err.value)
@@ -208,8 +249,6 @@ def test_invalid_inputs_fail_with_one_sentence(plain_predictor, inputs, sentence
     (10, -1, r"continuation_start \(10 s\) is at or past the end of input_audio"),
 ])
 def test_bad_continuation_window(plain_predictor, audio_files, start, end, sentence):
-    from musicgen import MusicGenError
-
     with pytest.raises(MusicGenError, match=sentence):
         run(plain_predictor, input_audio=Path(audio_files["wav"]), continuation=True,
             continuation_start=start, continuation_end=end, duration=1)
@@ -220,15 +259,11 @@ def test_bad_continuation_window(plain_predictor, audio_files, start, end, sente
     ("empty", r"input_audio is an empty file"),
 ])
 def test_unreadable_audio(plain_predictor, audio_files, name, sentence):
-    from musicgen import MusicGenError
-
     with pytest.raises(MusicGenError, match=sentence):
         run(plain_predictor, input_audio=Path(audio_files[name]), continuation=True, duration=1)
 
 
 def test_no_output_file_is_left_by_a_failed_prediction(plain_predictor, audio_files, tmp_path):
-    from musicgen import MusicGenError
-
     before = run(plain_predictor, duration=1, seed=1)
     with pytest.raises(MusicGenError):
         run(plain_predictor, input_audio=Path(audio_files["text"]), continuation=True, duration=1)
@@ -280,7 +315,7 @@ def test_outputs_are_removed_when_the_service_goes_away_or_the_process_exits(che
     from musicgen.service import MusicGen
 
     service = MusicGen.load(checkpoints["plain"], device="cpu")
-    [path] = service.predict(GenerationRequest(duration=1, seed=1))
+    [path] = service.predict(GenerationRequest(duration=1, seed=1)).paths
     alive = weakref.ref(service)
     del service
     gc.collect()
@@ -288,7 +323,7 @@ def test_outputs_are_removed_when_the_service_goes_away_or_the_process_exits(che
 
     script = (f"from musicgen.service import MusicGen\nfrom musicgen.request import GenerationRequest\n"
               f"s = MusicGen.load({str(checkpoints['plain'])!r}, device='cpu')\n"
-              f"print(s.predict(GenerationRequest(duration=1, seed=2))[0])\n")
+              f"print(s.predict(GenerationRequest(duration=1, seed=2)).paths[0])\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           cwd=str(Path(__file__).resolve().parent.parent))
     assert done.returncode == 0, done.stderr

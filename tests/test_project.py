@@ -1,23 +1,28 @@
-"""Project surfaces: the predictor's public signature against SPEC.md, cog.yaml against Cog's schema, pinned
-requirements, the CLI, and setup() without weights."""
+"""Project surfaces: the predictor's inputs against the contract (docs/api.md) and musicgen/inputs.py, predict.py
+readable by Cog's static schema generator, cog.yaml against Cog's schema, pinned requirements, the `musicgen`
+command, settings, and setup() without weights."""
 
 from __future__ import annotations
 
+import ast
+import io
 import json
 import os
 import subprocess
 import sys
+import tokenize
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, SR, read
+from conftest import DATA, ROOT, SR, read
+from musicgen import MusicGenError, WeightsNotFoundError
+from musicgen.inputs import INPUTS, SPECS
 
-SHARED = ROOT.parent / "shared"
-
-# SPEC.md's input table: name -> (primitive, optional, default, ge, le, choices), in order.
-SPEC_INPUTS = {
+# The contract's input table (docs/api.md): name -> (Cog primitive, optional, default, ge, le, choices), in order.
+CONTRACT = {
     "prompt": ("STRING", True, None, None, None, None),
     "input_audio": ("PATH", True, None, None, None, None),
     "duration": ("INTEGER", False, 8, 1, 300, None),
@@ -32,42 +37,90 @@ SPEC_INPUTS = {
     "output_format": ("STRING", False, "wav", None, None, ["wav", "mp3"]),
     "seed": ("INTEGER", True, None, -1, 2**32 - 1, None),
 }
+PRIMITIVES = {str: "STRING", Path: "PATH", int: "INTEGER", bool: "BOOL", float: "FLOAT"}
 
 
-def test_predictor_inputs_match_spec_exactly():
+def _predictor_info():
     from cog import _inspector
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        info = _inspector.create_predictor("predict", "Predictor")
+        return _inspector.create_predictor("predict", "Predictor")
+
+
+def test_library_inputs_are_the_contract():
+    from musicgen.request import GenerationRequest
+
+    assert [s.name for s in INPUTS] == list(CONTRACT)
+    for spec in INPUTS:
+        primitive, optional, default, ge, le, choices = CONTRACT[spec.name]
+        assert (PRIMITIVES[spec.type], spec.optional, spec.default, spec.ge, spec.le) == (
+            primitive, optional, default, ge, le), spec.name
+        assert type(spec.default) is type(default), spec.name
+        assert (list(spec.choices) if spec.choices else None) == choices, spec.name
+    # the request's fields are the inputs, in order, with their defaults
+    import dataclasses
+
+    fields = dataclasses.fields(GenerationRequest)
+    assert [(f.name, f.default) for f in fields] == [(s.name, s.default) for s in INPUTS]
+
+
+def test_contract_document_lists_the_inputs_in_order():
+    doc = (ROOT / "docs" / "api.md").read_text()
+    table = doc.split("## Inputs", 1)[1].split("\n\n", 2)[1]
+    names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert names == list(CONTRACT)
+
+
+def test_predictor_declares_exactly_the_library_inputs():
+    info = _predictor_info()
     fields = sorted(info.inputs.values(), key=lambda f: f.order)
-    assert [f.name for f in fields] == list(SPEC_INPUTS)
+    assert [f.name for f in fields] == [s.name for s in INPUTS]
     for f in fields:
-        primitive, optional, default, ge, le, choices = SPEC_INPUTS[f.name]
-        assert f.type.primitive.name == primitive, f.name
-        assert (f.type.repetition.name == "OPTIONAL") == optional, f.name
-        assert f.default == default and type(f.default) is type(default), f.name
-        assert f.ge == ge and f.le == le, f.name
-        assert f.choices == choices, f.name
-        assert f.description, f.name
+        spec = SPECS[f.name]
+        assert f.type.primitive.name == PRIMITIVES[spec.type], f.name
+        assert (f.type.repetition.name == "OPTIONAL") == spec.optional, f.name
+        assert f.default == spec.default and type(f.default) is type(spec.default), f.name
+        assert (f.ge, f.le) == (spec.ge, spec.le), f.name
+        assert f.choices == (list(spec.choices) if spec.choices else None), f.name
+        assert f.description == spec.description, f.name
     assert info.output.kind.name == "LIST" and info.output.type.name == "PATH"
 
 
-def test_descriptions_keep_the_seed_pages_wording():
-    from cog import _inspector
+def test_predict_py_is_readable_by_cogs_static_schema_generator():
+    """`cog build` parses predict.py without running it: Input() arguments must be plain literals, and a
+    description one string literal (an implicitly concatenated one would reach the schema with quotes)."""
+    source = (ROOT / "predict.py").read_text()
+    predict = next(node for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.FunctionDef) and node.name == "predict")
+    calls = [d for d in predict.args.defaults if isinstance(d, ast.Call)]
+    assert len(calls) == len(INPUTS) and all(getattr(c.func, "id", None) == "Input" for c in calls)
+    for call in calls:
+        for keyword in call.keywords:
+            value = keyword.value
+            segment = ast.get_source_segment(source, value)
+            if keyword.arg in ("ge", "le"):  # Cog parses the source text as a float ("-1" included)
+                assert float(segment) == ast.literal_eval(value), keyword.arg
+            elif keyword.arg == "choices":
+                assert isinstance(value, ast.List) and all(isinstance(e, ast.Constant) for e in value.elts)
+            else:
+                assert isinstance(value, ast.Constant), keyword.arg
+            if keyword.arg == "description":
+                tokens = [t for t in tokenize.generate_tokens(io.StringIO(segment).readline)
+                          if t.type == tokenize.STRING]
+                assert len(tokens) == 1, f"description split over {len(tokens)} string literals"
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        info = _inspector.create_predictor("predict", "Predictor")
-    page = " ".join((SHARED / "reference" / "seed-musicgen-api.txt").read_text().split())
-    for field in info.inputs.values():
-        assert " ".join(field.description.split()) in page, field.name
+
+def test_descriptions_keep_the_seed_pages_wording():
+    page = " ".join((DATA / "seed-musicgen-api.txt").read_text().split())
+    for spec in INPUTS:
+        assert " ".join(spec.description.split()) in page, spec.name
 
 
 def test_cog_yaml_is_valid_against_cogs_schema():
     import jsonschema
 
-    schema = json.loads((SHARED / "reference" / "cog-config-schema-v1.0.json").read_text())
+    schema = json.loads((DATA / "cog-config-schema-v1.0.json").read_text())
     config = yaml.safe_load((ROOT / "cog.yaml").read_text())
     jsonschema.validate(config, schema)
     assert config["build"]["gpu"] is True
@@ -82,12 +135,27 @@ def test_every_requirement_is_pinned():
             line = line.split("#")[0].strip()
             if line and not line.startswith("-r "):
                 assert "==" in line, f"{name}: {line} is not pinned"
-    pins = dict(l.split("==") for l in (ROOT / "requirements.txt").read_text().split() if "==" in l)
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split() if "==" in line)
     assert pins["torch"] == "2.13.0" and pins["cog"] == "0.23.1" and pins["transformers"].startswith("5.")
 
 
+def test_the_repository_reads_nothing_outside_itself():
+    """Code, tests, docs and scripts name only files of the repository (a clone alone must work)."""
+    outside = ("../" + "shared", "SPEC" + ".md")  # spelt apart so that this file does not match itself
+    offenders = []
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("*.md"), *ROOT.glob("*.toml"), *ROOT.glob("*.yaml")] + [
+            p for d in ("musicgen", "musicgen_dev", "tests", "bench", "scripts", "docs", ".ci")
+            for p in (ROOT / d).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".sh", "")]:
+        text = path.read_text(errors="replace")
+        if any(word in text for word in outside):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+# ---------------------------------------------------------------- the musicgen command
 def _cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "musicgen", *args], capture_output=True, text=True,
+    command = Path(sys.executable).parent / "musicgen"  # the console script pyproject.toml installs
+    return subprocess.run([str(command), *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=300)
 
 
@@ -107,7 +175,19 @@ def test_cli_writes_into_a_directory(checkpoints, tmp_path):
                 env={"MUSICGEN_WEIGHTS": str(checkpoints["melody"])})
     assert proc.returncode == 0, proc.stderr
     files = list((tmp_path / "outs").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".wav"
+    assert len(files) == 1 and files[0].suffix == ".wav" and files[0].name.startswith("musicgen-1-")
+
+
+def test_cli_flags_are_the_inputs_with_their_defaults():
+    from musicgen.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([])
+    for spec in INPUTS:
+        expected = None if spec.name == "output_format" else spec.default  # follows -o's extension
+        assert getattr(args, spec.name) == expected, spec.name
+    args = parser.parse_args(["--continuation", "--continuation-end", "none", "--seed", "-1", "--top-p", "0.5"])
+    assert (args.continuation, args.continuation_end, args.seed, args.top_p) == (True, None, -1, 0.5)
 
 
 def test_cli_reports_bad_input_in_one_line(checkpoints):
@@ -121,12 +201,12 @@ def test_missing_weights_give_one_clear_sentence(tmp_path):
     proc = _cli("--prompt", "x", env={"MUSICGEN_WEIGHTS": str(empty), "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     msg = proc.stderr.strip().splitlines()[-1]
-    assert msg.startswith(f"error: No MusicGen checkpoint found in {empty} and HF_HUB_OFFLINE is set")
-    assert "make weights" in msg and "MUSICGEN_WEIGHTS" in msg
+    assert msg == (f"error: No MusicGen checkpoint found in {empty} and HF_HUB_OFFLINE is set: run "
+                   "`make weights MODEL=facebook/musicgen-melody` (python -m musicgen.hub facebook/musicgen-melody) "
+                   "where the Hugging Face Hub is reachable, or set MUSICGEN_WEIGHTS to a local checkpoint directory.")
 
 
 def test_setup_without_weights_fails_naming_the_folder_and_command(tmp_path, monkeypatch):
-    from musicgen import WeightsNotFoundError
     from predict import Predictor
 
     monkeypatch.setenv("MUSICGEN_WEIGHTS", str(tmp_path / "missing"))
@@ -135,79 +215,122 @@ def test_setup_without_weights_fails_naming_the_folder_and_command(tmp_path, mon
         Predictor().setup()
 
 
-def test_default_weights_folder_follows_the_model_name(monkeypatch):
-    from musicgen import weights
+# ---------------------------------------------------------------- settings
+def test_settings_are_read_once_from_the_environment():
+    from musicgen.settings import Settings
 
-    monkeypatch.delenv("MUSICGEN_WEIGHTS", raising=False)
-    monkeypatch.delenv("MUSICGEN_MODEL", raising=False)
-    assert weights.weights_dir() == ROOT / "weights" / "musicgen-melody"
-    monkeypatch.setenv("MUSICGEN_MODEL", "facebook/musicgen-stereo-small")
-    assert weights.weights_dir() == ROOT / "weights" / "musicgen-stereo-small"
+    env = {"MUSICGEN_MODEL": "facebook/musicgen-stereo-small", "MUSICGEN_DEVICE": "CPU",
+           "MUSICGEN_PRECISION": "fp32", "MUSICGEN_COMPILE": "yes", "HF_HUB_OFFLINE": "1"}
+    settings = Settings.from_env(env)
+    assert (settings.model, settings.device, settings.precision, settings.compile, settings.offline) == (
+        "facebook/musicgen-stereo-small", "cpu", "fp32", True, True)
+    assert settings.weights_dir == ROOT / "weights" / "musicgen-stereo-small"
+    assert Settings.from_env({}).weights_dir == ROOT / "weights" / "musicgen-melody"
+    assert Settings.from_env({"MUSICGEN_WEIGHTS": "/srv/ckpt"}).weights_dir == Path("/srv/ckpt")
+    assert Settings.from_env(env, precision="int8", device=None).precision == "int8"  # overrides; None keeps
 
 
+def test_precision_and_device_settings_are_checked():
+    import torch
+
+    from musicgen.settings import Settings, default_precision
+
+    cpu = torch.device("cpu")
+    assert Settings(precision="auto").decode_precision(cpu) == default_precision(cpu) == "int8"
+    assert Settings(precision="int4").decode_precision(cpu) == "int4"
+    with pytest.raises(MusicGenError) as err:
+        Settings.from_env({"MUSICGEN_PRECISION": "fp8"})
+    assert str(err.value) == "MUSICGEN_PRECISION must be one of auto, fp32, bf16, fp16, int8, int4, got 'fp8'."
+    with pytest.raises(MusicGenError) as err:
+        Settings(precision="int8").decode_precision(torch.device("cuda"))
+    assert str(err.value) == "MUSICGEN_PRECISION=int8 is a CPU option; use auto, bf16 or fp16 on a GPU."
+    with pytest.raises(MusicGenError) as err:
+        Settings.from_env({"MUSICGEN_DEVICE": "tpu"})
+    assert str(err.value) == "MUSICGEN_DEVICE must be one of auto, cpu, cuda, got 'tpu'."
+
+
+def test_a_gpu_without_native_bf16_decodes_in_fp16(monkeypatch):
+    import torch
+
+    from musicgen.settings import default_precision
+
+    # T4/V100: bf16 only emulated; is_bf16_supported() says True unless emulation is excluded
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert default_precision(torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert default_precision(torch.device("cuda")) == "bf16"
+
+
+# ---------------------------------------------------------------- the Cog schema
 def test_committed_openapi_schema_is_in_sync_with_predict_py():
-    from musicgen.cog_schema import SCHEMA_PATH, build_schema, render
+    from musicgen_dev.cog_schema import SCHEMA_PATH, build_schema, render
 
-    assert SCHEMA_PATH.is_file(), "run `python -m musicgen.cog_schema`"
-    assert SCHEMA_PATH.read_text() == render(build_schema()), "run `python -m musicgen.cog_schema`"
+    assert SCHEMA_PATH.is_file(), "run `python -m musicgen_dev.cog_schema`"
+    assert SCHEMA_PATH.read_text() == render(build_schema()), "run `python -m musicgen_dev.cog_schema`"
 
 
-def test_openapi_schema_describes_every_spec_input():
-    from musicgen.cog_schema import SCHEMA_PATH
+def test_openapi_schema_describes_every_input():
+    from musicgen_dev.cog_schema import SCHEMA_PATH
 
     schemas = json.loads(SCHEMA_PATH.read_text())["components"]["schemas"]
     props = schemas["Input"]["properties"]
-    assert list(props) == list(SPEC_INPUTS)
+    assert list(props) == list(CONTRACT)
     assert "required" not in schemas["Input"]  # every input has a default
     json_types = {"STRING": "string", "PATH": "string", "INTEGER": "integer", "BOOL": "boolean", "FLOAT": "number"}
-    for name, (primitive, optional, default, ge, le, choices) in SPEC_INPUTS.items():
+    for name, (primitive, optional, default, ge, le, choices) in CONTRACT.items():
         prop = props[name]
-        assert prop["x-order"] == list(SPEC_INPUTS).index(name)
+        assert prop["x-order"] == list(CONTRACT).index(name)
         assert prop["default"] == default and prop.get("nullable", False) == optional, name
-        assert prop.get("minimum") == ge and prop.get("maximum") == le, name
+        # an optional input is its type or null, said as JSON Schema says it (coglet ignores `nullable`)
+        value = prop["anyOf"][0] if optional else prop
+        if optional:
+            assert prop["anyOf"][1] == {"enum": [None], "nullable": True} and "type" not in prop, name
+        assert value.get("minimum") == ge and value.get("maximum") == le, name
         if choices:
-            enum = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
+            enum = schemas[value["allOf"][0]["$ref"].rsplit("/", 1)[1]]
             assert enum["enum"] == choices and enum["type"] == "string"
         else:
-            assert prop["type"] == json_types[primitive], name
-    assert props["input_audio"]["format"] == "uri"
+            assert value["type"] == json_types[primitive], name
+    assert props["input_audio"]["anyOf"][0]["format"] == "uri"
     assert schemas["Output"] == {"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"}}
 
 
-def test_precision_and_device_settings_are_checked(monkeypatch):
-    import torch
+def test_openapi_input_schema_accepts_null_and_integral_numbers_as_json_schema():
+    """What coglet does with the Input schema: compile it as plain JSON Schema (draft 2020-12)."""
+    import jsonschema
 
-    from musicgen import MusicGenError, weights
+    from musicgen_dev.cog_schema import SCHEMA_PATH
 
-    cpu = torch.device("cpu")
-    assert weights.pick_precision(cpu, "auto") == weights.default_precision(cpu) == "int8"
-    assert weights.pick_precision(cpu, "fp32") == "fp32"
-    monkeypatch.setenv("MUSICGEN_PRECISION", "int4")
-    assert weights.pick_precision(cpu) == "int4"
-    with pytest.raises(MusicGenError, match="MUSICGEN_PRECISION must be one of auto, fp32, bf16, fp16, int8, int4"):
-        weights.pick_precision(cpu, "fp8")
-    with pytest.raises(MusicGenError, match="MUSICGEN_PRECISION=int8 is a CPU option"):
-        weights.pick_precision(torch.device("cuda"), "int8")
-    with pytest.raises(MusicGenError, match="MUSICGEN_DEVICE must be one of auto, cpu, cuda"):
-        weights.pick_device("tpu")
+    schemas = json.loads(SCHEMA_PATH.read_text())["components"]["schemas"]
+    text = json.dumps(schemas["Input"])  # with its $refs inlined, as coglet inlines them
+    for name, schema in schemas.items():
+        text = text.replace(json.dumps({"$ref": f"#/components/schemas/{name}"}), json.dumps(schema))
+    validator = jsonschema.Draft202012Validator(json.loads(text))
+    good = {"prompt": None, "input_audio": None, "continuation_end": None, "seed": None, "duration": 2.0,
+            "normalization_strategy": "peak"}
+    assert list(validator.iter_errors(good)) == []
+    for bad in ({"duration": 2.5}, {"duration": None}, {"seed": -2}, {"seed": "1"}, {"top_p": 1.5},
+                {"normalization_strategy": "loud"}, {"input_audio": 5}):
+        assert list(validator.iter_errors(bad)), bad
 
 
+# ---------------------------------------------------------------- weights on the Hub
 def test_downloaded_checkpoint_is_verified_against_hub_metadata(checkpoints, tmp_path):
     import hashlib
     import shutil
 
-    from musicgen import WeightsNotFoundError, weights
+    from musicgen import hub
 
     copy = shutil.copytree(checkpoints["plain"], tmp_path / "ckpt")
     expected = {p.name: (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix == ".safetensors" else None)
                 for p in copy.iterdir()}
-    weights.verify(copy, expected, "facebook/musicgen-small")  # intact: no error
+    hub.verify(copy, expected, "facebook/musicgen-small")  # intact: no error
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     (copy / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(WeightsNotFoundError, match=r"does not match facebook/musicgen-small \(model.safetensors has the wrong sha256\); delete"):
-        weights.verify(copy, expected, "facebook/musicgen-small")
+        hub.verify(copy, expected, "facebook/musicgen-small")
     (copy / "config.json").write_text("{}")
     (copy / "tokenizer.json").unlink()
     with pytest.raises(WeightsNotFoundError, match=r"config.json has 2 bytes instead of \d+; model.safetensors has the wrong sha256; tokenizer.json is missing"):
-        weights.verify(copy, expected, "facebook/musicgen-small")
+        hub.verify(copy, expected, "facebook/musicgen-small")

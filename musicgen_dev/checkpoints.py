@@ -1,6 +1,6 @@
 """Random-weight MusicGen checkpoints in transformers format, built offline.
 
-Real checkpoints come from the Hugging Face Hub (see ``musicgen.weights``). Tests and benchmarks cannot
+Real checkpoints come from the Hugging Face Hub (see ``musicgen.hub``). Tests and benchmarks cannot
 reach it, so they build checkpoints here with the *same file layout* (config.json, model.safetensors,
 tokenizer files, generation_config.json) and load them through the very same code as real weights.
 
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-FRAME_RATE = 50
 SAMPLE_RATE = 32000
 PAD_TOKEN = 2048
 

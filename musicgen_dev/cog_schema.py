@@ -1,9 +1,13 @@
-"""``.cog/openapi_schema.json`` from predict.py, through Cog's own introspection.
+"""``.cog/openapi_schema.json`` from predict.py, through Cog's own introspection (a development tool).
 
 Cog's HTTP server (coglet) validates request inputs only against this file, which ``cog build`` normally
 writes. Without Docker we write it ourselves, from the PredictorInfo that ``cog._inspector`` extracts, in the
-layout of Cog's OpenAPI 3.0.2 generator. ``python -m musicgen.cog_schema`` rewrites the file;
-``--check`` exits 1 when the committed file differs from predict.py.
+layout of Cog's OpenAPI 3.0.2 generator, with one difference: coglet compiles the Input schema as plain JSON
+Schema, where OpenAPI's ``nullable`` means nothing, so an explicit ``null`` for an optional input would be
+refused with 422. Each optional input therefore also says it as JSON Schema does (``anyOf`` its type or
+``null``), which OpenAPI 3.0 readers accept too; ``cog build --openapi-schema .cog/openapi_schema.json`` puts
+this file in the image. ``python -m musicgen_dev.cog_schema`` rewrites the file; ``--check`` exits 1 when the
+committed file differs from predict.py.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ _INVALID = {
     "description": "Validation Error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
 }
+
+
+# keywords that constrain a value (they move into the non-null branch of an optional input)
+_VALUE_KEYWORDS = ("type", "format", "allOf", "minimum", "maximum", "minLength", "maxLength", "pattern")
 
 
 def _title(name: str) -> str:
@@ -57,6 +65,9 @@ def _input_schema(info) -> tuple[dict, dict]:
             if value is not None:
                 integer = field.type.json_type().get("type") == "integer"
                 prop[key] = int(value) if integer and key in ("minimum", "maximum") else value
+        if nullable:  # the value's own schema, or null ("not given")
+            typed = {key: prop.pop(key) for key in list(prop) if key in _VALUE_KEYWORDS}
+            prop["anyOf"] = [typed, {"enum": [None], "nullable": True}]
         properties[field.name] = prop
     schema = {"title": "Input", "type": "object", "properties": properties}
     if required:
@@ -68,7 +79,6 @@ def build_schema(module: str = "predict", predictor: str = "Predictor") -> dict:
     """The OpenAPI document for ``module:predictor``."""
     from cog import _inspector
 
-    sys.path.insert(0, str(ROOT))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         info = _inspector.create_predictor(module, predictor)
@@ -141,14 +151,14 @@ def render(schema: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicgen.cog_schema", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m musicgen_dev.cog_schema", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare with the committed file")
     args = parser.parse_args(argv)
     text = render(build_schema())
     if args.check:
         current = SCHEMA_PATH.read_text() if SCHEMA_PATH.is_file() else ""
         if current != text:
-            print(f"{SCHEMA_PATH.relative_to(ROOT)} is out of date: run `python -m musicgen.cog_schema`", file=sys.stderr)
+            print(f"{SCHEMA_PATH.relative_to(ROOT)} is out of date: run `python -m musicgen_dev.cog_schema`", file=sys.stderr)
             return 1
         return 0
     SCHEMA_PATH.parent.mkdir(exist_ok=True)

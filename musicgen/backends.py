@@ -1,0 +1,89 @@
+"""The decoders the engine can drive, behind one interface: ``musicgen.decoder``'s fast decoder (default) and
+transformers' own modules (the parity reference)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .conditioning import Conditioning
+
+
+class Backend(Protocol):
+    """A decoder with its cache, driven one window at a time: ``start``, one ``prefill`` of the window's
+    prompt columns, then one ``step`` per column. Each returns the next column's logits (rows, K, vocab),
+    float32."""
+
+    def start(self, cond: Conditioning, length: int) -> None:
+        """Prepare for a window of ``length`` token columns under ``cond``."""
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """The window's first columns (rows, K, L)."""
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """The next column (rows, K, 1)."""
+
+
+class ReferenceBackend:
+    """transformers' own decoder modules with their dynamic cache (the parity reference)."""
+
+    def __init__(self, hf_decoder):
+        self.decoder = hf_decoder
+
+    def start(self, cond: Conditioning, length: int) -> None:
+        self.cond, self.cache = cond, None
+
+    def _forward(self, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        rows, k, length = ids.shape
+        out = self.decoder(input_ids=ids.reshape(rows * k, length), past_key_values=self.cache, use_cache=True,
+                           **kwargs)
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :].float().reshape(rows, k, -1)
+
+    def _text(self) -> dict:
+        if self.cond.prefix is not None:  # melody checkpoints: the prefix is read once, with the first tokens
+            return {}
+        return {"encoder_hidden_states": self.cond.text_states, "encoder_attention_mask": self.cond.text_mask}
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cond.prefix is not None:
+            return self._forward(ids, encoder_hidden_states=self.cond.prefix)
+        return self._forward(ids, **self._text())
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids, **self._text())
+
+
+class FastBackend:
+    """The lean decoder of ``musicgen.decoder``; positions are tracked here, on the host (the extent of the
+    cache to read) and as a device tensor (the step's input, updated in place)."""
+
+    def __init__(self, hf_decoder, precision: str, compile: bool, static: bool | None, window_len: int):
+        """``window_len``: token columns in a full window; a static step always allocates that much cache."""
+        from .decoder import FastDecoder
+
+        self.decoder = FastDecoder(hf_decoder, precision, compile=compile, static=static)
+        self.window_len = window_len
+        self._pos = torch.zeros(1, dtype=torch.long, device=self.decoder.device)
+
+    def start(self, cond: Conditioning, length: int) -> None:
+        self.prefix = cond.prefix
+        if self.decoder.static:  # one cache shape (one compiled graph) for every request length
+            length = max(length, self.window_len)
+        prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
+        self.decoder.setup_caches(cond.rows, prefix_len + length)
+        if cond.text_states is not None:
+            self.decoder.set_text(cond.text_states, cond.text_mask)
+        self.filled = 0
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        length = ids.shape[-1] + (0 if self.prefix is None else self.prefix.shape[1])
+        pos = torch.arange(self.filled, self.filled + length, device=self.decoder.device)
+        self.filled += length
+        return self.decoder.prefill(ids, pos, self.filled, self.prefix)
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self._pos.fill_(self.filled)
+        self.filled += 1
+        return self.decoder.step(ids, self._pos, self.filled)

@@ -1,0 +1,90 @@
+"""Deployment configuration, read once from the environment (docs/api.md, "Deployment configuration"), and the
+device and precision it resolves to on this machine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .errors import MusicGenError
+
+DEFAULT_MODEL = "facebook/musicgen-melody"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_ROOT = PROJECT_ROOT / "weights"
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def flag(value: str | None) -> bool:
+    """A boolean setting: 1/true/yes/on (any case) is true, anything else false."""
+    return (value or "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL  # MUSICGEN_MODEL: Hub repo id
+    weights: Path | None = None  # MUSICGEN_WEIGHTS: checkpoint directory (default weights/<name of the model>)
+    device: str = "auto"  # MUSICGEN_DEVICE
+    precision: str = "auto"  # MUSICGEN_PRECISION
+    compile: bool = False  # MUSICGEN_COMPILE
+    offline: bool = False  # HF_HUB_OFFLINE: never touch the network
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise MusicGenError(f"MUSICGEN_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}.")
+        if self.precision not in PRECISIONS:
+            raise MusicGenError(
+                f"MUSICGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """The settings the environment gives, with ``overrides`` (None values ignored) on top."""
+        env = os.environ if environ is None else environ
+        weights = env.get("MUSICGEN_WEIGHTS")
+        settings = cls(
+            model=env.get("MUSICGEN_MODEL") or DEFAULT_MODEL,
+            weights=Path(weights).expanduser() if weights else None,
+            device=(env.get("MUSICGEN_DEVICE") or "auto").strip().lower(),
+            precision=(env.get("MUSICGEN_PRECISION") or "auto").strip().lower(),
+            compile=flag(env.get("MUSICGEN_COMPILE")),
+            offline=flag(env.get("HF_HUB_OFFLINE")),
+        )
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def weights_dir(self) -> Path:
+        """Where the checkpoint lives: MUSICGEN_WEIGHTS, else weights/<name of the model>."""
+        return self.weights if self.weights is not None else weights_dir_for(self.model)
+
+    def torch_device(self) -> torch.device:
+        name = self.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cuda" and not torch.cuda.is_available():
+            raise MusicGenError("MUSICGEN_DEVICE=cuda but no CUDA GPU is available; use auto or cpu.")
+        return torch.device(name)
+
+    def decode_precision(self, device: torch.device) -> str:
+        """The decode precision on ``device``: MUSICGEN_PRECISION, or the device's default for auto."""
+        if self.precision in ("int8", "int4") and device.type != "cpu":
+            raise MusicGenError(
+                f"MUSICGEN_PRECISION={self.precision} is a CPU option; use auto, bf16 or fp16 on a GPU.")
+        return default_precision(device) if self.precision == "auto" else self.precision
+
+
+def weights_dir_for(model: str) -> Path:
+    return WEIGHTS_ROOT / model.rstrip("/").split("/")[-1]
+
+
+def default_precision(device: torch.device) -> str:
+    """The decode precision unless MUSICGEN_PRECISION says otherwise. CPU: int8, the fastest setting whose
+    greedy agreement with fp32 matches bf16's (bench/decode.py; int4 is barely faster and agrees far less).
+    CUDA: bf16 on cards with native bf16 (Ampere and later), else fp16 (emulated bf16 is slow)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "int8"
