@@ -74,7 +74,6 @@ class Layer:
         self.ln_self = norm_weights(hf_layer.self_attn_layer_norm, dtype)
         self.qkv = Linear([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight], precision, dtype)
         self.out = Linear(sa.out_proj.weight, precision, dtype)
-        self.cross = cross
         if cross:
             ca = hf_layer.encoder_attn
             self.ln_cross = norm_weights(hf_layer.encoder_attn_layer_norm, dtype)
@@ -160,9 +159,9 @@ class FastDecoder:
         self.embed_table = torch.cat([e.weight for e in inner.embed_tokens], dim=0).to(self.dtype)
         self.offsets = (torch.arange(self.num_codebooks, device=device) * vocab)[None, :, None]
         self._positions = inner.embed_positions  # transformers' sinusoidal table, grown on demand
-        self.cross = hasattr(inner.layers[0], "encoder_attn")
+        cross = hasattr(inner.layers[0], "encoder_attn")  # plain checkpoints; melody ones read a prefix
         with torch.no_grad():
-            self.layers = _build_layers(inner.layers, precision, self.dtype, self.attention, self.cross)
+            self.layers = _build_layers(inner.layers, precision, self.dtype, self.attention, cross)
             self.final_ln = norm_weights(inner.layer_norm, self.dtype)
             self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype)  # (K * V, H)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]

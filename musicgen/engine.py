@@ -79,7 +79,7 @@ class Engine:
             self.backend = ReferenceBackend(model.decoder)
         else:
             raise ValueError(f"backend must be 'fast' or 'reference', got {backend!r}")
-        self.backend_name, self.precision = backend, precision if backend == "fast" else "fp32"
+        self.precision = precision if backend == "fast" else "fp32"
 
     def disable_compile(self) -> None:
         """Decode with the eager step from now on (when ``torch.compile`` fails on this machine)."""

@@ -54,10 +54,6 @@ class GenerationRequest:
         """The prompt, or None for unconditional generation (None, empty or only spaces)."""
         return self.prompt.strip() if self.prompt and self.prompt.strip() else None
 
-    @property
-    def uses_melody(self) -> bool:
-        return self.input_audio is not None and not self.continuation
-
     def resolve_seed(self) -> int:
         """The seed to use: the requested one, or a fresh random one for None/-1."""
         if self.seed is None or self.seed == -1:

@@ -273,3 +273,47 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatc
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     assert torch.equal(service.engine.generate_codes(TEXT, 20, greedy),
                        Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 20, greedy))
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_kv_cache_rows_can_hold_sequences_at_different_positions(checkpoints, kind):
+    """The shape continuous batching needs: row 1 joins three steps after row 0 (its cache holding junk
+    meanwhile), each row at its own positions, and both get the logits they get alone."""
+    from musicgen.decoder import FastDecoder
+
+    model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
+    engine = Engine(model, tokenizer, precision="fp32")
+    cond = engine.conditioner.condition(engine.conditioner.encode_text(TEXT), None, 1.0)  # one row
+    decoder = FastDecoder(model.decoder, "fp32")
+    ids = torch.randint(0, 2048, (1, engine.num_codebooks, 12), generator=torch.Generator().manual_seed(2))
+    prefix = cond.prefix  # melody checkpoints: the conditioning prefix, embedded like tokens
+    lead = 0 if prefix is None else prefix.shape[1]
+
+    def start(rows):
+        decoder.setup_caches(rows, lead + 16)
+        if cond.text_states is not None:
+            decoder.set_text(cond.text_states.expand(rows, -1, -1), cond.text_mask.expand(rows, -1))
+
+    start(1)  # alone: the prefix (if any) with the first token, then one step per token
+    alone = [decoder.prefill(ids[..., :1], torch.arange(lead + 1), lead + 1, prefix)]
+    for t in range(1, 12):
+        alone.append(decoder.step(ids[..., t : t + 1], torch.tensor([lead + t]), lead + t + 1))
+
+    start(2)  # together: the prefix of both rows first, then row 1 lags three steps behind row 0
+    if prefix is not None:
+        decoder.prefill(ids[..., :0].expand(2, -1, -1), torch.arange(lead), lead, prefix.expand(2, -1, -1))
+    together = {0: [], 1: []}
+    junk = torch.full((engine.num_codebooks, 1), 7)
+    for step in range(12 + 3):
+        cols = [min(step, 11), max(step - 3, 0)]
+        pos = torch.tensor([[lead + c] for c in cols])
+        # while it waits, row 1 writes junk at its first position; its real first token overwrites it
+        column = torch.stack([ids[0, :, cols[0] : cols[0] + 1], ids[0, :, cols[1] : cols[1] + 1] if step >= 3 else junk])
+        logits = decoder.step(column, pos, int(pos.max()) + 1)
+        if step < 12:
+            together[0].append(logits[0])
+        if step >= 3:
+            together[1].append(logits[1])
+    for row in (0, 1):
+        for t in range(12):
+            assert torch.allclose(together[row][t], alone[t][0], atol=1e-4, rtol=0), (row, t)
