@@ -41,18 +41,16 @@ class ReferenceBackend:
         self.cache = out.past_key_values
         return out.logits[:, -1, :].float().reshape(rows, k, -1)
 
-    def _text(self) -> dict:
-        if self.cond.prefix is not None:  # melody checkpoints: the prefix is read once, with the first tokens
-            return {}
-        return {"encoder_hidden_states": self.cond.text_states, "encoder_attention_mask": self.cond.text_mask}
-
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.cond.prefix is not None:
+        if self.cond.prefix is not None:  # melody checkpoints read their prefix once, with the first tokens
             return self._forward(ids, encoder_hidden_states=self.cond.prefix)
-        return self._forward(ids, **self._text())
+        return self.step(ids)
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._forward(ids, **self._text())
+        if self.cond.prefix is not None:
+            return self._forward(ids)
+        return self._forward(ids, encoder_hidden_states=self.cond.text_states,
+                             encoder_attention_mask=self.cond.text_mask)
 
 
 class FastBackend:
