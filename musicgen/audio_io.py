@@ -281,13 +281,13 @@ def is_audible(wav: torch.Tensor, floor: float = 1e-4) -> bool:
     return bool(wav.numel()) and float(wav.float().pow(2).mean().sqrt()) > floor
 
 
-def load_melody(path: str | Path, seconds: float, sample_rate: int) -> torch.Tensor:
-    """The first ``seconds`` of a melody file as a mono waveform at ``sample_rate``; refused when it is too
-    short or silent (its chroma would be meaningless)."""
+def load_melody(path: str | Path, seconds: float, sample_rate: int, channels: int) -> torch.Tensor:
+    """The first ``seconds`` of a melody file as (channels, samples) at ``sample_rate``; refused when it is
+    too short or silent (its chroma would be meaningless)."""
     info = probe(path)
     data = read(info, 0.0, seconds)
     check_length(data.shape[1] / info.sample_rate, "input_audio")
-    wav = to_model(data, info, sample_rate, 1)[0]
+    wav = to_model(data, info, sample_rate, channels)
     if not is_audible(wav):
         raise MusicGenError(
             "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from . import chroma as chroma_mod
+from .audio_io import convert_channels
 from .backends import Backend, FastBackend, ReferenceBackend
 from .codec import Codec
-from .conditioning import Conditioner, Conditioning, TextStates
+from .conditioning import Conditioner, Conditioning
 from .sampling import SamplingParams, apply_cfg, sample_next
+from .stems import StemSeparator
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,20 @@ class WindowEvent:
     start_frame: int  # where the window starts in the clip (prompt included); the melody is read from here
     context: torch.Tensor  # (K, ctx) tokens the window was prompted with
     new: torch.Tensor  # (K, n) tokens it generated
+    melody_chroma: torch.Tensor | None = None  # (frames, 12) the window was conditioned on (melody checkpoints)
 
 
 class Engine:
     def __init__(self, model, tokenizer, windows: WindowSettings | None = None, backend: str = "fast",
-                 precision: str = "fp32", compile: bool = False, static_step: bool | None = None):
+                 precision: str = "fp32", compile: bool = False, static_step: bool | None = None,
+                 separator: StemSeparator | None = None):
         """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8,
         int4), its decode step optionally through ``torch.compile`` and with fixed shapes (``static_step``,
         default: when compiling on CUDA, for CUDA graphs); "reference" runs transformers' own modules in
-        the checkpoint's dtype (for parity checks)."""
+        the checkpoint's dtype (for parity checks). ``separator``: melody checkpoints take the chroma of
+        the melody's ``vocals`` + ``other`` stems (audiocraft's); without one, of the raw mix."""
         self.model = model.eval()
+        self.separator = separator
         self.windows = windows or WindowSettings()
         cfg = model.config
         self.conditioner = Conditioner(model, tokenizer)
@@ -122,11 +128,6 @@ class Engine:
         """Refuse a prompt longer than the text encoder reads (one sentence, no model work)."""
         self.conditioner.check_text(text)
 
-    def melody_seconds(self, seconds: int) -> float:
-        """How much of a melody, from its start, generating ``seconds`` of music reads: each window takes
-        the melody at its own place in time, so at most the output's length, and one whole window."""
-        return max(float(seconds), self.windows.window_s)
-
     def whole_frames(self, wav: torch.Tensor) -> torch.Tensor:
         """A continuation prompt trimmed at its start to whole codec frames, so the output length is exact."""
         usable = (wav.shape[-1] // self.codec.hop) * self.codec.hop
@@ -148,23 +149,28 @@ class Engine:
     @torch.inference_mode()
     def generate(self, text: str | None, seconds: int, params: SamplingParams, generator: torch.Generator | None = None,
                  prompt_wav: torch.Tensor | None = None, melody_wav: torch.Tensor | None = None,
-                 progress: Progress | None = None) -> torch.Tensor:
+                 progress: Progress | None = None,
+                 on_window: Callable[[WindowEvent], None] | None = None) -> torch.Tensor:
         """``seconds`` of new music after ``prompt_wav`` (channels, samples at the model's rate; trimmed to
-        whole frames), conditioned on ``text`` and (melody checkpoints) the mono ``melody_wav``. Returns the
-        waveform of the whole clip, prompt included: (channels, samples), float32 on the CPU."""
+        whole frames), conditioned on ``text`` and (melody checkpoints) ``melody_wav`` at the model's rate
+        (at least ``melody_seconds(seconds)`` of it when the melody is that long). Returns the waveform of
+        the whole clip, prompt included: (channels, samples), float32 on the CPU."""
         started = time.monotonic()
         prompt_codes = self.encode(self.whole_frames(prompt_wav)) if prompt_wav is not None else None
         codes = self.generate_codes(text, seconds * self.frame_rate, params, generator, prompt_codes=prompt_codes,
-                                    melody_wav=melody_wav, progress=progress)
+                                    melody_wav=melody_wav, progress=progress, on_window=on_window)
         tokens = time.monotonic()
         wav = self.decode(codes)
         log.info("tokens %.1f s, audio decoding %.1f s", tokens - started, time.monotonic() - tokens)
         return wav
 
     def plan(self, prompt_frames: int, n_new: int) -> list[tuple[int, int]]:
-        """[(context frames, new frames)] for each window."""
+        """[(context frames, new frames)] for each window, as audiocraft's ``_generate_tokens`` lays them out:
+        a prompt shorter than a window is the whole context of the first window, which fills up the window
+        with new frames; every later window is prompted with the last ``window - stride`` frames. A prompt
+        of a whole window or more keeps its most recent part, leaving room for up to a stride of new frames."""
         window, stride = self.window_frames, self.stride_frames
-        ctx = min(prompt_frames, window - min(n_new, stride))
+        ctx = prompt_frames if prompt_frames < window else window - min(n_new, stride)
         plan, remaining = [], n_new
         while remaining > 0:
             n = min(remaining, window - ctx)
@@ -172,6 +178,16 @@ class Engine:
             remaining -= n
             ctx = min(ctx + n, window - stride)
         return plan
+
+    def melody_seconds(self, seconds: int) -> float:
+        """How much of a melody, from its start, generating ``seconds`` of music reads: each window takes a
+        window's length of melody from its own place in time, so up to the last window's start plus one
+        window (tiled where the melody is shorter)."""
+        starts, end = [], 0
+        for ctx, n in self.plan(0, seconds * self.frame_rate):
+            starts.append(end - ctx)
+            end += n
+        return (max(starts) + self.window_frames) / self.frame_rate
 
     @torch.inference_mode()
     def generate_codes(
@@ -186,8 +202,9 @@ class Engine:
         on_window: Callable[[WindowEvent], None] | None = None,
     ) -> torch.Tensor:
         """Generate ``n_new`` frames of codes after ``prompt_codes`` (K, P), conditioned on ``text`` and
-        (melody checkpoints) a mono ``melody_wav`` at the model's rate. Returns the codes of the whole clip,
-        prompt included: (K, P + n_new). Durations past one window are generated window by window."""
+        (melody checkpoints) ``melody_wav`` ((channels, samples) or (samples,)) at the model's rate. Returns
+        the codes of the whole clip, prompt included: (K, P + n_new). Durations past one window are generated
+        window by window."""
         K = self.num_codebooks
         prompt = torch.zeros(K, 0, dtype=torch.long) if prompt_codes is None else prompt_codes.long()
         plan = self.plan(prompt.shape[1], n_new)
@@ -201,36 +218,40 @@ class Engine:
                 progress(done, total_steps)
 
         text_states = self.conditioner.encode_text(text)  # once: every window has the same text
+        melody = self.melody_source(melody_wav) if melody_wav is not None else None
         out = [prompt.to(self.device)]
         context = out[0]
         end = prompt.shape[1]  # frames of the clip so far (prompt included)
-        cond = None
+        cond, chroma = None, None
         for i, (ctx_len, n) in enumerate(plan):
             context = context[:, context.shape[1] - ctx_len :]
-            if cond is None or (melody_wav is not None and len(plan) > 1):  # the melody at the window's time
-                cond = self._condition(text_states, melody_wav, end - ctx_len, len(plan) > 1, params.cfg_scale)
+            if cond is None or (melody is not None and len(plan) > 1):  # the melody at the window's time
+                if melody is not None:
+                    chroma = self.melody_chroma(melody, end - ctx_len, self.window_frames if len(plan) > 1 else None)
+                cond = self.conditioner.condition(text_states, chroma, params.cfg_scale)
             if len(plan) > 1:
                 log.info("window %d/%d: %d frames of context, %d new frames", i + 1, len(plan), ctx_len, n)
             window = self._generate_window(cond, context, n, params, generator, step)
             out.append(window[:, ctx_len:])
             if on_window is not None:
-                on_window(WindowEvent(i, len(plan), end - ctx_len, context, window[:, ctx_len:]))
+                on_window(WindowEvent(i, len(plan), end - ctx_len, context, window[:, ctx_len:], chroma))
             context = window
             end += n
         return torch.cat(out, dim=1)
 
-    def _condition(self, text: TextStates, melody_wav: torch.Tensor | None, start_frame: int, windowed: bool,
-                   cfg_scale: float) -> Conditioning:
-        melody_chroma = None
-        if melody_wav is not None:
-            melody_chroma = self.melody_chroma(melody_wav, start_frame, self.window_frames if windowed else None)
-        return self.conditioner.condition(text, melody_chroma, cfg_scale)
+    def melody_source(self, melody_wav: torch.Tensor) -> torch.Tensor:
+        """What the chroma is computed on, mono (samples,): the ``vocals`` + ``other`` stems of the melody
+        with a separator, else the melody itself (its channels averaged)."""
+        wav = melody_wav if melody_wav.dim() == 2 else melody_wav[None]
+        if self.separator is not None:
+            return self.separator.melody(wav, self.sample_rate)
+        return convert_channels(wav.float(), 1)[0]
 
-    def melody_chroma(self, melody_wav: torch.Tensor, offset_frames: int, length_frames: int | None) -> torch.Tensor:
-        """Chroma of the melody for a window starting ``offset_frames`` into the output. One window uses the
-        melody as is (at most one window long; the model tiles it). Later windows take the melody at the
-        matching time, tiled when it is shorter (audiocraft's ``positions % length``)."""
-        wav = melody_wav.reshape(-1)
+    def melody_chroma(self, melody: torch.Tensor, offset_frames: int, length_frames: int | None) -> torch.Tensor:
+        """Chroma of a mono melody (``melody_source``) for a window starting ``offset_frames`` into the
+        output. One window uses the melody as is (at most one window long; the model tiles it). Later windows
+        take the melody at the matching time, tiled when it is shorter (audiocraft's ``positions % length``)."""
+        wav = melody.reshape(-1)
         hop = self.codec.hop
         if length_frames is None:
             wav = wav[: self.window_frames * hop]

@@ -2,7 +2,8 @@
 
 peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS,
 then clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, via pyloudnorm), then clamp to
-+-1. Near-silent audio (RMS < 2e-3) is left as it is, so silence never turns into NaN or noise.
++-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left as it is. peak and rms scale any signal
+that is not silence; silence is left as it is, so it never turns into NaN.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def loudness_lufs(wav: np.ndarray, sample_rate: int) -> float:
     return float(pyloudnorm.Meter(sample_rate).integrated_loudness(wav.T.astype(np.float64)))
 
 
+def _gain(target: float, level: float) -> float | None:
+    """target / level, or None where that cannot scale anything in float32 (a level of 0, or one so small
+    that the gain overflows)."""
+    if level <= 0:
+        return None
+    gain = target / level
+    return gain if np.isfinite(np.float32(gain)) else None
+
+
 def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness") -> np.ndarray:
     """Normalize (channels, frames) float audio; returns a new float32 array (the input is not modified)."""
     if strategy not in STRATEGIES:
@@ -47,15 +57,19 @@ def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness") -> 
     scale_peak = 10 ** (-PEAK_CLIP_HEADROOM_DB / 20)
     if strategy == "clip":
         return _clip(wav, scale_peak)
-    if wav.size == 0 or _rms(wav) < ENERGY_FLOOR:
-        log.info("output is near-silent; %s normalization left it unchanged", strategy)
+    if strategy in ("peak", "rms"):  # any signal that is not silence, however quiet
+        if strategy == "peak":
+            gain = _gain(scale_peak, float(np.abs(wav).max()) if wav.size else 0.0)
+        else:
+            gain = _gain(10 ** (-RMS_HEADROOM_DB / 20), _rms(wav.mean(axis=0)) if wav.size else 0.0)
+        if gain is None:
+            log.info("output is silent; %s normalization left it unchanged", strategy)
+            return wav
+        wav *= gain
+        return wav if strategy == "peak" else _clip(wav)
+    if wav.size == 0 or _rms(wav) < ENERGY_FLOOR:  # audiocraft's energy floor, for loudness only
+        log.info("output is near-silent (RMS under %g); loudness normalization left it unchanged", ENERGY_FLOOR)
         return wav
-    if strategy == "peak":
-        wav *= scale_peak / float(np.abs(wav).max())
-        return wav
-    if strategy == "rms":
-        wav *= 10 ** (-RMS_HEADROOM_DB / 20) / _rms(wav.mean(axis=0))
-        return _clip(wav)
     try:
         current = loudness_lufs(wav, sample_rate)
     except ValueError:  # shorter than one 400 ms gating block

@@ -9,19 +9,47 @@ import logging
 import shutil
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import audio_io, hub, loading, normalize, output
-from .engine import Engine, Progress, WindowSettings
+from .engine import Engine, Progress, WindowEvent, WindowSettings
 from .errors import MusicGenError, WeightsNotFoundError
 from .request import GenerationRequest
 from .sampling import SamplingParams
 from .settings import Settings
+from .stems import StemSeparator
 
 log = logging.getLogger(__name__)
+
+
+def _load_separator(settings: Settings, device: torch.device,
+                    allow_download: bool) -> tuple[StemSeparator | None, str | None]:
+    """(separator, None), or (None, the sentence melody requests fail with). Setup never fails because of
+    the separation weights: text and continuation work without them."""
+    if not settings.melody_stems:
+        log.info("MUSICGEN_MELODY_STEMS=0: melody requests take the chroma of the raw mix")
+        return None, None
+    try:
+        directory = hub.locate_stems(settings, allow_download=allow_download)
+    except WeightsNotFoundError as exc:
+        log.warning("%s", exc)
+        return None, str(exc)
+    started = time.monotonic()
+    try:
+        separator = StemSeparator.load(directory, device)
+    except Exception as exc:  # damaged or foreign files: melody requests say so, the rest keeps working
+        problem = (f"The melody stem separation weights in {directory} could not be loaded "
+                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); run `make weights` "
+                   "again, or set MUSICGEN_MELODY_STEMS=0 to follow the raw mix's melody.")
+        log.warning("%s", problem)
+        return None, problem
+    log.info("loaded the melody stem separator (%s) from %s in %.1f s", ", ".join(separator.sources), directory,
+             time.monotonic() - started)
+    return separator, None
 
 
 @dataclass(frozen=True)
@@ -53,9 +81,12 @@ class ProgressLog:
 class MusicGen:
     """A loaded checkpoint ready to serve requests."""
 
-    def __init__(self, engine: Engine, name: str):
+    def __init__(self, engine: Engine, name: str, stems_missing: str | None = None):
+        """``stems_missing``: why a melody checkpoint cannot separate melody stems (the sentence a melody
+        request fails with), when stem separation is wanted and its weights could not be had."""
         self.engine = engine
         self.name = name
+        self.stems_missing = stems_missing
         # removes the last prediction's directory: when the next one starts, or when this object is
         # collected, or at exit (weakref.finalize covers the last two without keeping the model alive)
         self._remove_last_outputs: weakref.finalize | None = None
@@ -79,8 +110,11 @@ class MusicGen:
         dev = settings.torch_device()
         decode_precision = settings.decode_precision(dev)
         model, tokenizer = loading.load(path, dev)
+        separator, stems_missing = None, None
+        if model.config.model_type == "musicgen_melody":
+            separator, stems_missing = _load_separator(settings, dev, allow_download)
         engine = Engine(model, tokenizer, windows, backend=backend, precision=decode_precision,
-                        compile=settings.compile)
+                        compile=settings.compile, separator=separator)
         engine.release_reference_weights()
         if settings.compile and backend == "fast":
             warm = time.monotonic()
@@ -97,7 +131,7 @@ class MusicGen:
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
                  time.monotonic() - started)
-        return cls(engine, path.name)
+        return cls(engine, path.name, stems_missing)
 
     @property
     def sample_rate(self) -> int:
@@ -116,11 +150,20 @@ class MusicGen:
                 f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "
                 "set continuation=true to continue input_audio, or deploy facebook/musicgen-melody."
             )
-        return None, audio_io.load_melody(req.input_audio, eng.melody_seconds(req.duration), eng.sample_rate)
+        if self.stems_missing is not None:
+            raise MusicGenError(self.stems_missing)
+        if eng.separator is None:
+            log.info("MUSICGEN_MELODY_STEMS=0: the melody chroma is taken from the raw mix (drums and bass "
+                     "included), not from Demucs' vocals + other stems")
+        seconds = eng.melody_seconds(req.duration)
+        log.info("melody: reading up to %.2f s of input_audio", seconds)
+        return None, audio_io.load_melody(req.input_audio, seconds, eng.sample_rate, eng.channels)
 
     def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
-                progress: Progress | None = None) -> PredictionResult:
-        """Generate the request's music and write it.
+                progress: Progress | None = None,
+                on_window: Callable[[WindowEvent], None] | None = None) -> PredictionResult:
+        """Generate the request's music and write it. ``progress`` gets (steps done, steps in total);
+        ``on_window`` each generated window (its tokens and the melody chroma it was conditioned on).
 
         Without ``output_dir`` each call writes into a fresh temporary directory, and the previous call's
         directory is removed (its files have been handed over by then)."""
@@ -136,7 +179,7 @@ class MusicGen:
 
         generator = torch.Generator(device=eng.device).manual_seed(seed)
         wav = eng.generate(req.text, req.duration, SamplingParams.of(req), generator, prompt_wav=prompt_wav,
-                           melody_wav=melody_wav, progress=progress or ProgressLog())
+                           melody_wav=melody_wav, progress=progress or ProgressLog(), on_window=on_window)
         generated = time.monotonic()
 
         wav = normalize.normalize(wav.numpy(), eng.sample_rate, req.normalization_strategy)

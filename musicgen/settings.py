@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import MusicGenError
+from .stems import MODEL_NAME as STEMS_MODEL
 
 DEFAULT_MODEL = "facebook/musicgen-melody"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,11 +19,22 @@ WEIGHTS_ROOT = PROJECT_ROOT / "weights"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def flag(value: str | None) -> bool:
     """A boolean setting: 1/true/yes/on (any case) is true, anything else false."""
     return (value or "").strip().lower() in _TRUE
+
+
+def _switch(name: str, value: str | None, default: bool) -> bool:
+    """A boolean setting that must say yes or no when it is set."""
+    text = (value or "").strip().lower()
+    if not text:
+        return default
+    if text not in _TRUE | _FALSE:
+        raise MusicGenError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {value!r}.")
+    return text in _TRUE
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,8 @@ class Settings:
     precision: str = "auto"  # MUSICGEN_PRECISION
     compile: bool = False  # MUSICGEN_COMPILE
     offline: bool = False  # HF_HUB_OFFLINE: never touch the network
+    melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
+    stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -45,7 +59,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """The settings the environment gives, with ``overrides`` (None values ignored) on top."""
         env = os.environ if environ is None else environ
-        weights = env.get("MUSICGEN_WEIGHTS")
+        weights, stems_weights = env.get("MUSICGEN_WEIGHTS"), env.get("MUSICGEN_STEMS_WEIGHTS")
         settings = cls(
             model=env.get("MUSICGEN_MODEL") or DEFAULT_MODEL,
             weights=Path(weights).expanduser() if weights else None,
@@ -53,6 +67,8 @@ class Settings:
             precision=(env.get("MUSICGEN_PRECISION") or "auto").strip().lower(),
             compile=flag(env.get("MUSICGEN_COMPILE")),
             offline=flag(env.get("HF_HUB_OFFLINE")),
+            melody_stems=_switch("MUSICGEN_MELODY_STEMS", env.get("MUSICGEN_MELODY_STEMS"), True),
+            stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -60,6 +76,11 @@ class Settings:
     def weights_dir(self) -> Path:
         """Where the checkpoint lives: MUSICGEN_WEIGHTS, else weights/<name of the model>."""
         return self.weights if self.weights is not None else weights_dir_for(self.model)
+
+    @property
+    def stems_dir(self) -> Path:
+        """Where the HTDemucs bag lives: MUSICGEN_STEMS_WEIGHTS, else weights/htdemucs."""
+        return self.stems_weights if self.stems_weights is not None else WEIGHTS_ROOT / STEMS_MODEL
 
     def torch_device(self) -> torch.device:
         name = self.device

@@ -9,9 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] \
-   || [ pyproject.toml -nt "$stamp" ]; then
+   || [ requirements-nodeps.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing dependencies into .venv ..." >&2
   .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
   .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
   touch "$stamp"
 fi

@@ -21,6 +21,17 @@ os.environ.setdefault("MUSICGEN_DEVICE", "cpu")
 SR = 32000
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stems_weights(tmp_path_factory) -> Path:
+    """A tiny random-weight HTDemucs bag, in the layout the real one has, used by every melody checkpoint
+    of the session (MUSICGEN_STEMS_WEIGHTS, inherited by the servers the tests start)."""
+    from musicgen_dev.separation import build_random_stems
+
+    path = build_random_stems(tmp_path_factory.mktemp("stems") / "htdemucs")
+    os.environ["MUSICGEN_STEMS_WEIGHTS"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     from musicgen_dev.checkpoints import build_random_checkpoint

@@ -300,7 +300,7 @@ def test_damaged_files_decode_within_limits_or_fail_with_one_sentence(corpus, tm
         path.write_bytes(data)
         try:
             if as_melody:
-                wav = audio_io.load_melody(path, 30.0, SR)[None]
+                wav = audio_io.load_melody(path, 30.0, SR, 1)
             else:
                 wav = audio_io.load_prompt(path, 0, None, SR, 2)
         except MusicGenError as err:

@@ -90,6 +90,22 @@ def test_setup_failed_with_clear_sentence_when_weights_are_missing(tmp_path):
         s.stop()
 
 
+def test_without_separation_weights_the_server_is_ready_and_only_melody_requests_fail(checkpoints, tmp_path):
+    s = CogServer(checkpoints["melody"], extra_env={"MUSICGEN_STEMS_WEIGHTS": str(tmp_path / "no-stems")})
+    try:
+        assert s.wait_health()["status"] == "READY"
+        melody = data_uri(wav_bytes(tone([261.63, 392.0], 3.0)))
+        status, body = s.predict({"input_audio": melody, "duration": 1})
+        assert status == 200 and body["status"] == "failed", body
+        assert f"Following a melody needs the htdemucs stem separation bag (adefossez/HTDemucs), which is not in {tmp_path / 'no-stems'}" in body["error"]
+        assert "MUSICGEN_MELODY_STEMS=0" in body["error"] and "Traceback" not in body["error"]
+        assert_ready(s)
+        status, body = s.predict({"prompt": "jazz", "duration": 1, "seed": 1})
+        assert status == 200 and body["status"] == "succeeded", body
+    finally:
+        s.stop()
+
+
 # ---------------------------------------------------------------- sync predictions
 def test_sync_text_prediction(server):
     status, body = server.predict({"prompt": "lofi beat", "duration": 2, "seed": 1})

@@ -283,8 +283,8 @@ def test_previous_outputs_are_removed_when_the_next_prediction_starts(plain_pred
 @pytest.mark.parametrize("duration,windows", [(2, 1), (3, 2), (6, 5)])
 @pytest.mark.parametrize("mode", ["text", "melody", "continuation"])
 def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_files, caplog, duration, windows, mode):
-    if mode == "continuation":  # a 1 s prompt keeps 0.8 s of context: windows of 1.2 s new audio
-        windows = {2: 2, 3: 3, 6: 5}[duration]
+    if mode == "continuation":  # the 1 s prompt is the first window's whole context (1 s new), then 1.2 s each
+        windows = {2: 2, 3: 3, 6: 6}[duration]
     from musicgen.engine import WindowSettings
 
     engine = melody_predictor.musicgen.engine

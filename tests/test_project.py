@@ -130,13 +130,18 @@ def test_cog_yaml_is_valid_against_cogs_schema():
 
 
 def test_every_requirement_is_pinned():
-    for name in ("requirements.txt", "requirements-dev.txt"):
+    for name in ("requirements.txt", "requirements-dev.txt", "requirements-nodeps.txt"):
         for line in (ROOT / name).read_text().splitlines():
             line = line.split("#")[0].strip()
             if line and not line.startswith("-r "):
                 assert "==" in line, f"{name}: {line} is not pinned"
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split() if "==" in line)
     assert pins["torch"] == "2.13.0" and pins["cog"] == "0.23.1" and pins["transformers"].startswith("5.")
+    # what is installed without its dependencies: the same pins in scripts/setup.sh's file and cog.yaml
+    nodeps = [line for line in (ROOT / "requirements-nodeps.txt").read_text().splitlines()
+              if line and not line.startswith("#")]
+    run = yaml.safe_load((ROOT / "cog.yaml").read_text())["build"]["run"]
+    assert run == [f"pip install --no-deps {' '.join(nodeps)}"]
 
 
 def test_the_repository_reads_nothing_outside_itself():
@@ -324,13 +329,13 @@ def test_downloaded_checkpoint_is_verified_against_hub_metadata(checkpoints, tmp
     copy = shutil.copytree(checkpoints["plain"], tmp_path / "ckpt")
     expected = {p.name: (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix == ".safetensors" else None)
                 for p in copy.iterdir()}
-    hub.verify(copy, expected, "facebook/musicgen-small")  # intact: no error
+    hub.verify(copy, expected, hub.checkpoint("facebook/musicgen-small"))  # intact: no error
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     (copy / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(WeightsNotFoundError, match=r"does not match facebook/musicgen-small \(model.safetensors has the wrong sha256\); delete"):
-        hub.verify(copy, expected, "facebook/musicgen-small")
+        hub.verify(copy, expected, hub.checkpoint("facebook/musicgen-small"))
     (copy / "config.json").write_text("{}")
     (copy / "tokenizer.json").unlink()
     with pytest.raises(WeightsNotFoundError, match=r"config.json has 2 bytes instead of \d+; model.safetensors has the wrong sha256; tokenizer.json is missing"):
-        hub.verify(copy, expected, "facebook/musicgen-small")
+        hub.verify(copy, expected, hub.checkpoint("facebook/musicgen-small"))
