@@ -1,7 +1,7 @@
 """Cold start: time of ``MusicGen.load`` (what Cog's setup() runs) next to the time to just read the
 checkpoint's files, for musicgen-small shapes saved locally with random weights.
 
-    .venv/bin/python bench/coldstart.py [--preset small] [--precisions fp32 auto]
+    .venv/bin/python bench/coldstart.py [--preset small] [--precisions fp32 auto] [--device cpu|cuda]
 
 Each setup runs in a fresh Python process, as a container's would; the time to import the libraries
 is printed apart. The file reads come first, so every measurement sees the same (warm) page cache; run
@@ -33,8 +33,9 @@ def read_all(directory: Path) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
-def measure(checkpoint: str, precision: str) -> None:
-    """In a fresh process: import, load, generate twice; print one JSON line."""
+def measure(checkpoint: str, precision: str, device: str) -> None:
+    """In a fresh process: import, load, generate twice; print one JSON line (on CUDA with the bytes the
+    load placed on the device: at its peak and once loaded)."""
     import logging
     import resource
 
@@ -47,8 +48,14 @@ def measure(checkpoint: str, precision: str) -> None:
 
     imported = time.perf_counter()
     logging.disable(logging.INFO)
-    model = MusicGen.load(checkpoint, device="cpu", precision=None if precision == "auto" else precision)
+    import torch
+
+    model = MusicGen.load(checkpoint, device=device, precision=None if precision == "auto" else precision)
     loaded = time.perf_counter()
+    device_memory = {}
+    if device == "cuda":
+        device_memory = {"device_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                         "device_loaded_gib": torch.cuda.memory_allocated() / 2**30}
     firsts = []
     for _ in range(2):
         t = time.perf_counter()
@@ -56,20 +63,24 @@ def measure(checkpoint: str, precision: str) -> None:
         firsts.append(time.perf_counter() - t)
     print(json.dumps({"precision": model.engine.precision, "import_s": imported - started,
                       "setup_s": loaded - imported, "first_s": firsts[0], "second_s": firsts[1],
-                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **device_memory}))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
-    parser.add_argument("--measure", nargs=2, metavar=("CHECKPOINT", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--measure", nargs=3, metavar=("CHECKPOINT", "PRECISION", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         measure(*args.measure)
         return 0
+    import torch
+
     from musicgen_dev.checkpoints import build_random_checkpoint
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(tempfile.mkdtemp(prefix="coldstart-"))
     try:
         started = time.perf_counter()
@@ -78,13 +89,15 @@ def main() -> int:
         for precision in args.precisions:
             read_all(ckpt)  # warm the page cache
             raw_s, size = read_all(ckpt)
-            done = subprocess.run([sys.executable, __file__, "--measure", str(ckpt), precision],
+            done = subprocess.run([sys.executable, __file__, "--measure", str(ckpt), precision, device],
                                   capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"raw read: {size / 2**30:.2f} GiB in {raw_s:.2f}s; setup ({r['precision']}): "
                   f"{r['setup_s']:.2f}s = {r['setup_s'] / raw_s:.2f}x the raw read (imports before it "
                   f"{r['import_s']:.1f}s); first 1 s generation {r['first_s']:.2f}s, second "
-                  f"{r['second_s']:.2f}s; peak RSS {r['peak_rss_gib']:.2f} GiB")
+                  f"{r['second_s']:.2f}s; peak RSS {r['peak_rss_gib']:.2f} GiB"
+                  + (f"; on the GPU: peak {r['device_peak_gib']:.2f} GiB during setup, {r['device_loaded_gib']:.2f} "
+                     "GiB once loaded" if "device_peak_gib" in r else ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

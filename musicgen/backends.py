@@ -3,11 +3,14 @@ transformers' own modules (the parity reference)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import torch
 
 from .conditioning import Conditioning
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -57,31 +60,68 @@ class FastBackend:
     """The lean decoder of ``musicgen.decoder``; positions are tracked here, on the host (the extent of the
     cache to read) and as a device tensor (the step's input, updated in place)."""
 
-    def __init__(self, hf_decoder, precision: str, compile: bool, static: bool | None, window_len: int):
+    def __init__(self, hf_decoder, precision: str, compile: bool, static: bool | None, window_len: int,
+                 compile_backend="inductor", device: torch.device | None = None):
         """``window_len``: token columns in a full window; a static step always allocates that much cache."""
         from .decoder import FastDecoder
 
-        self.decoder = FastDecoder(hf_decoder, precision, compile=compile, static=static)
+        self.decoder = FastDecoder(hf_decoder, precision, compile=compile, static=static,
+                                   compile_backend=compile_backend, device=device)
         self.window_len = window_len
         self._pos = torch.zeros(1, dtype=torch.long, device=self.decoder.device)
 
     def start(self, cond: Conditioning, length: int) -> None:
-        self.prefix = cond.prefix
-        if self.decoder.static:  # one cache shape (one compiled graph) for every request length
+        self.rows = cond.rows
+        if self.decoder.static:
+            # one cache shape (one compiled graph) for every request length, and always the two rows of
+            # guidance: a request without it runs its row twice (decoding reads the weights once either way)
             length = max(length, self.window_len)
+            cond = _with_rows(cond, STATIC_ROWS)
+        self.prefix = cond.prefix
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
         self.decoder.setup_caches(cond.rows, prefix_len + length)
         if cond.text_states is not None:
             self.decoder.set_text(cond.text_states, cond.text_mask)
         self.filled = 0
 
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if ids.shape[0] == self.decoder_rows else ids[:1].expand(self.decoder_rows, -1, -1)
+
+    @property
+    def decoder_rows(self) -> int:
+        return STATIC_ROWS if self.decoder.static else self.rows
+
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         length = ids.shape[-1] + (0 if self.prefix is None else self.prefix.shape[1])
         pos = torch.arange(self.filled, self.filled + length, device=self.decoder.device)
         self.filled += length
-        return self.decoder.prefill(ids, pos, self.filled, self.prefix)
+        return self.decoder.prefill(self._rows(ids), pos, self.filled, self.prefix)[: self.rows]
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         self._pos.fill_(self.filled)
         self.filled += 1
-        return self.decoder.step(ids, self._pos, self.filled)
+        ids = self._rows(ids)
+        try:
+            logits = self.decoder.step(ids, self._pos, self.filled)
+        except Exception as exc:  # a compiler failure after warm-up: decode eagerly from here on
+            if not self.decoder.compiled:
+                raise
+            log.warning("the compiled decode step failed (%s: %s); decoding without torch.compile from now on",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.decoder.disable_compile()
+            logits = self.decoder.step(ids, self._pos, self.filled)
+        return logits[: self.rows]
+
+
+STATIC_ROWS = 2  # conditional + unconditional
+
+
+def _with_rows(cond: Conditioning, rows: int) -> Conditioning:
+    """``cond`` with its first row repeated up to ``rows`` rows."""
+    if cond.rows == rows:
+        return cond
+
+    def grow(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[:1].expand(rows, *t.shape[1:])
+
+    return Conditioning(rows, grow(cond.text_states), grow(cond.text_mask), grow(cond.prefix))

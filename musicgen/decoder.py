@@ -14,13 +14,14 @@ codebook embeddings); in fp32 it reproduces its logits up to float summation ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 from .kv_cache import CrossKV, KVCache
-from .quant import PRECISIONS, Linear, compute_dtype
+from .quant import PRECISIONS, Linear, compute_dtype, stack
 
 # the static step rounds the KV cache length and the text length up to these, so that the few shapes a
 # deployment sees each get one compiled graph (and one CUDA graph)
@@ -28,8 +29,9 @@ STATIC_CACHE_BUCKET = 256
 STATIC_TEXT_BUCKET = 64
 
 
-def norm_weights(ln: torch.nn.LayerNorm, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    return ln.weight.to(dtype), ln.bias.to(dtype), ln.eps
+def norm_weights(ln: torch.nn.LayerNorm, dtype: torch.dtype,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return ln.weight.to(dtype).to(device), ln.bias.to(dtype).to(device), ln.eps
 
 
 def layer_norm(x: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
@@ -58,7 +60,8 @@ class Attention:
         cached keys are read in place, softmax in float32); several take the fused kernel."""
         if q.shape[2] > 1:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        scores = torch.matmul(keys, q.transpose(-1, -2)).transpose(-1, -2).float() * self.scale
+        # q is scaled before the product (as transformers and audiocraft do): fp16 scores cannot overflow
+        scores = torch.matmul(keys, (q * self.scale).transpose(-1, -2)).transpose(-1, -2).float()
         if mask is not None:
             scores = scores + mask
         return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
@@ -68,33 +71,50 @@ class Layer:
     """One pre-LayerNorm decoder block: self-attention, cross-attention to the text (plain checkpoints;
     melody checkpoints read their conditioning as a prefix instead), MLP."""
 
-    def __init__(self, hf_layer, precision: str, dtype: torch.dtype, attention: Attention, cross: bool):
+    def __init__(self, hf_layer, precision: str, dtype: torch.dtype, attention: Attention, cross: bool,
+                 residual_dtype: torch.dtype, device: torch.device):
+        """``dtype``: the matmuls'; ``residual_dtype``: the residual stream's and the layer norms' (float32
+        under fp16, as audiocraft's autocast keeps it, so the stream cannot overflow). The weights are
+        converted where they are and then moved to ``device``."""
         self.attention = attention
+        self.residual_cast = residual_dtype != dtype
         sa = hf_layer.self_attn
-        self.ln_self = norm_weights(hf_layer.self_attn_layer_norm, dtype)
-        self.qkv = Linear([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight], precision, dtype)
-        self.out = Linear(sa.out_proj.weight, precision, dtype)
+        self.ln_self = norm_weights(hf_layer.self_attn_layer_norm, residual_dtype, device)
+        self.qkv = Linear([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight], precision, dtype, device)
+        self.out = Linear(sa.out_proj.weight, precision, dtype, device)
         if cross:
             ca = hf_layer.encoder_attn
-            self.ln_cross = norm_weights(hf_layer.encoder_attn_layer_norm, dtype)
-            self.q_cross = Linear(ca.q_proj.weight, precision, dtype)
-            self.kv_cross = torch.cat([ca.k_proj.weight, ca.v_proj.weight], dim=0).to(dtype)  # once per window
-            self.out_cross = Linear(ca.out_proj.weight, precision, dtype)
-        self.ln_mlp = norm_weights(hf_layer.final_layer_norm, dtype)
-        self.fc1 = Linear(hf_layer.fc1.weight, precision, dtype)
-        self.fc2 = Linear(hf_layer.fc2.weight, precision, dtype)
+            self.ln_cross = norm_weights(hf_layer.encoder_attn_layer_norm, residual_dtype, device)
+            self.q_cross = Linear(ca.q_proj.weight, precision, dtype, device)
+            self.kv_cross = stack([ca.k_proj.weight, ca.v_proj.weight], dtype, device)  # used once per window
+            self.out_cross = Linear(ca.out_proj.weight, precision, dtype, device)
+        self.ln_mlp = norm_weights(hf_layer.final_layer_norm, residual_dtype, device)
+        self.fc1 = Linear(hf_layer.fc1.weight, precision, dtype, device)
+        self.fc2 = Linear(hf_layer.fc2.weight, precision, dtype, device)
         self.dtype = dtype
 
 
     def self_attention(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache, mask: torch.Tensor | None,
                        kv_len: int | None) -> torch.Tensor:
         att = self.attention
-        q, k, v = self.qkv(layer_norm(x, self.ln_self)).split(att.hidden, dim=-1)
+        q, k, v = self.qkv(self._norm(x, self.ln_self)).split(att.hidden, dim=-1)
         keys, values = cache.update(pos, att.split(k), att.split(v))
         if kv_len is not None:  # the filled part only
             keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
         out = att(att.split(q).to(att.state_dtype), keys, values, mask)
         return self.out(att.merge(out).to(self.dtype))
+
+    def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:
+        """Layer norm of the residual stream, in the matmuls' dtype."""
+        h = layer_norm(x, norm)
+        return h.to(self.dtype) if self.residual_cast else h
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight the layer reads at a decode step."""
+        norms = [t for ln in (self.ln_self, getattr(self, "ln_cross", None), self.ln_mlp) if ln for t in ln[:2]]
+        linears = [self.qkv, self.out, getattr(self, "q_cross", None), getattr(self, "out_cross", None),
+                   self.fc1, self.fc2]
+        return norms + [t for linear in linears if linear is not None for t in linear.tensors()]
 
     def text_kv(self, states: torch.Tensor, mask: torch.Tensor) -> CrossKV:
         """Cross-attention keys/values of the projected text ``states`` (rows, Lt, H); ``mask`` is additive."""
@@ -104,11 +124,11 @@ class Layer:
 
     def cross_attention(self, x: torch.Tensor, text: CrossKV) -> torch.Tensor:
         att = self.attention
-        q = att.split(self.q_cross(layer_norm(x, self.ln_cross))).to(att.state_dtype)
+        q = att.split(self.q_cross(self._norm(x, self.ln_cross))).to(att.state_dtype)
         return self.out_cross(att.merge(att(q, text.k, text.v, text.mask)).to(self.dtype))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(layer_norm(x, self.ln_mlp))))
+        return self.fc2(F.gelu(self.fc1(self._norm(x, self.ln_mlp))))
 
     def __call__(self, x, pos, cache, mask, kv_len, text: CrossKV | None):
         x = x + self.self_attention(x, pos, cache, mask, kv_len)
@@ -117,13 +137,14 @@ class Layer:
         return x + self.mlp(x)
 
 
-def _build_layers(hf_layers, precision: str, dtype: torch.dtype, attention: Attention, cross: bool) -> list[Layer]:
+def _build_layers(hf_layers, precision: str, dtype: torch.dtype, attention: Attention, cross: bool,
+                  residual_dtype: torch.dtype, device: torch.device) -> list[Layer]:
     """Convert the layers on as many threads as PyTorch uses: packing int8 weights for the quantized
     engine runs on one core per matrix, so this shortens setup on multi-core machines."""
 
     def build(hf_layer):
         with torch.no_grad():  # grad mode is per thread
-            return Layer(hf_layer, precision, dtype, attention, cross)
+            return Layer(hf_layer, precision, dtype, attention, cross, residual_dtype, device)
 
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         return list(pool.map(build, hf_layers))
@@ -132,48 +153,73 @@ def _build_layers(hf_layers, precision: str, dtype: torch.dtype, attention: Atte
 class FastDecoder:
     """Prefill and one-column decode steps for a MusicGen (or MusicGen-Melody) decoder."""
 
-    def __init__(self, hf_decoder, precision: str = "fp32", compile: bool = False, static: bool | None = None):
+    def __init__(self, hf_decoder, precision: str = "fp32", compile: bool = False, static: bool | None = None,
+                 compile_backend: str | Callable = "inductor", device: torch.device | None = None):
         """``compile``: run the one-column step through ``torch.compile`` (fuses the small ops between the
-        matmuls; the first steps pay the compile time, minutes on a small CPU).
+        matmuls; the first steps pay the compile time, minutes on a small CPU), with ``compile_backend``.
 
         ``static`` (default: when compiling on CUDA): the step keeps every shape fixed for a window — the
         cache is allocated at the window's bucketed length and read whole under a mask, the text is padded
         to its bucket — so the compiled step can be captured as a CUDA graph (``mode="reduce-overhead"``)
-        and replayed without per-step launch overhead. On CPU the dynamic step is cheaper (it reads only
-        the filled part of the cache)."""
+        and replayed without per-step launch overhead. The weights, the cache, the position tables and the
+        text keys/values are marked as static addresses (read in place, never copied into the graph), and
+        the cache and text lengths as dynamic, so that one compilation serves every request (rows are
+        fixed by the backend). On CPU the dynamic step is cheaper (it reads only the filled part of the
+        cache).
+
+        ``device`` (default: the transformers decoder's): where the decoder runs. The transformers decoder
+        may stay on the CPU (mapped from its file): each weight is converted there and moved on, layer by
+        layer, so the device never holds the float32 decoder."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         cfg = hf_decoder.config
-        device = next(hf_decoder.parameters()).device
+        device = device or next(hf_decoder.parameters()).device
         self.device = device
         self.dtype = compute_dtype(precision, device)
         # attention state: CPUs run fp32 batched matmuls several times faster than bf16 ones, and at long
         # contexts reading the cache dominates a step, so keep it (and attention) in fp32 there
         self.state_dtype = torch.float32 if device.type == "cpu" else self.dtype
+        # the residual stream: float32 under fp16 (whose range a deep stream outgrows), else the compute dtype
+        self.residual_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
         inner = hf_decoder.model.decoder
         self.num_codebooks = cfg.num_codebooks
         self.hidden = cfg.hidden_size
         self.attention = Attention(self.hidden, cfg.num_attention_heads, self.state_dtype)
         vocab = inner.embed_tokens[0].weight.shape[0]
         # one table for all codebooks: row k * vocab + id
-        self.embed_table = torch.cat([e.weight for e in inner.embed_tokens], dim=0).to(self.dtype)
+        self.embed_table = stack([e.weight for e in inner.embed_tokens], self.dtype, device)
         self.offsets = (torch.arange(self.num_codebooks, device=device) * vocab)[None, :, None]
         self._positions = inner.embed_positions  # transformers' sinusoidal table, grown on demand
         cross = hasattr(inner.layers[0], "encoder_attn")  # plain checkpoints; melody ones read a prefix
         with torch.no_grad():
-            self.layers = _build_layers(inner.layers, precision, self.dtype, self.attention, cross)
-            self.final_ln = norm_weights(inner.layer_norm, self.dtype)
-            self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype)  # (K * V, H)
+            self.layers = _build_layers(inner.layers, precision, self.dtype, self.attention, cross,
+                                        self.residual_dtype, device)
+            self.final_ln = norm_weights(inner.layer_norm, self.residual_dtype, device)
+            self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype, device)  # (K*V, H)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
         self.caches: list[KVCache] = []
         self.text: list[CrossKV | None] = [None] * len(self.layers)
+        self._position_table: torch.Tensor | None = None
+        self._key_positions: torch.Tensor | None = None
         self.static = compile and device.type == "cuda" if static is None else static
+        if self.static:  # a CUDA graph reads the weights where they are instead of copying them every replay
+            for tensor in self.weights():
+                torch._dynamo.mark_static_address(tensor)
         if compile:
-            # CUDA graphs for the static step; the dynamic step compiles with symbolic lengths
+            # CUDA graphs for the static step (one graph: rows, lengths and text marked dynamic or fixed);
+            # the dynamic step compiles with symbolic lengths
             mode = "reduce-overhead" if self.static and device.type == "cuda" else None
-            self._step = torch.compile(self._forward, mode=mode, dynamic=not self.static)
+            self._step = torch.compile(self._forward, mode=mode, dynamic=not self.static, backend=compile_backend)
         else:
             self._step = self._forward
+
+    def weights(self) -> list[torch.Tensor]:
+        """Every weight tensor a decode step reads."""
+        return [t for layer in self.layers for t in layer.tensors()] + [*self.final_ln[:2], *self.heads_out.tensors()]
+
+    @property
+    def compiled(self) -> bool:
+        return self._step != self._forward  # bound methods compare by function and instance
 
     def disable_compile(self) -> None:
         """Run the eager step from now on."""
@@ -190,12 +236,22 @@ class FastDecoder:
             for cache in self.caches:
                 cache.reset()
         else:
+            self.caches = []  # the old cache is freed before the new one is allocated
             self.caches = [KVCache(rows, self.attention.heads, length, self.attention.head_dim, self.state_dtype,
                                    self.device, static=self.static) for _ in self.layers]
-        if self._positions.weights.shape[0] < length:  # every position a cache can hold has an embedding
-            self._positions.make_weights(length, self.hidden)
-        self._position_table = self._positions.weights.to(self.dtype)
-        self._key_positions = torch.arange(length, device=self.device)
+            if self.static:
+                for cache in self.caches:
+                    torch._dynamo.mark_dynamic(cache.k, 2)
+                    torch._dynamo.mark_dynamic(cache.v, 2)
+        if self._position_table is None or self._position_table.shape[0] < length:
+            # every position a cache can hold has an embedding; kept (one address) until a longer cache
+            if self._positions.weights.shape[0] < length:
+                self._positions.make_weights(length, self.hidden)
+            self._position_table = self._positions.weights.to(self.residual_dtype).to(self.device)
+            self._key_positions = torch.arange(self._position_table.shape[0], device=self.device)
+            if self.static:
+                torch._dynamo.mark_static_address(self._position_table)
+                torch._dynamo.mark_static_address(self._key_positions)
 
     def set_text(self, states: torch.Tensor, mask: torch.Tensor) -> None:
         """Cross-attention checkpoints: the projected text states (rows, Lt, H) and their padding mask
@@ -206,12 +262,29 @@ class FastDecoder:
         # fully masked rows (the null condition) attend uniformly over zero states, as transformers does
         additive = torch.where(mask.bool(), 0.0, torch.finfo(self.state_dtype).min)
         additive = additive.to(self.state_dtype)[:, None, None, :]
-        self.text = [layer.text_kv(states, additive) for layer in self.layers]
+        fresh = [layer.text_kv(states, additive) for layer in self.layers]
+        if not self.static:
+            self.text = fresh
+            return
+        # the static step reads the text from buffers that keep their address while the bucket does (a CUDA
+        # graph replays them in place), with the text length dynamic: one graph for every bucket
+        if self.text[0] is None or self.text[0].k.shape != fresh[0].k.shape:
+            self.text = []
+            for kv in fresh:
+                self.text.append(CrossKV(kv.k.clone(), kv.v.clone(), kv.mask.clone()))
+                for tensor, dim in ((self.text[-1].k, 2), (self.text[-1].v, 2), (self.text[-1].mask, 3)):
+                    torch._dynamo.mark_static_address(tensor)
+                    torch._dynamo.mark_dynamic(tensor, dim)
+            return
+        for buffer, kv in zip(self.text, fresh):
+            buffer.k.copy_(kv.k)
+            buffer.v.copy_(kv.v)
+            buffer.mask.copy_(kv.mask)
 
     # ---------------------------------------------------------------- forward
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Tokens (rows, K, L) -> the sum of their codebook embeddings (rows, L, H)."""
-        return self.embed_table[ids + self.offsets].sum(dim=1)
+        """Tokens (rows, K, L) -> the sum of their codebook embeddings (rows, L, H), in the residual dtype."""
+        return self.embed_table[ids + self.offsets].sum(dim=1, dtype=self.residual_dtype)
 
     def prefill(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int,
                 prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,7 +293,7 @@ class FastDecoder:
         Returns the logits of the last position, (rows, K, vocab), float32."""
         x = self.embed(ids)
         if prefix is not None:
-            x = torch.cat([prefix.to(self.dtype), x], dim=1)
+            x = torch.cat([prefix.to(self.residual_dtype), x], dim=1)
         return self._forward(x, pos, kv_len)
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
@@ -236,7 +309,7 @@ class FastDecoder:
         j <= p. None when every key read is visible (a shared one-column step over the filled part)."""
         if kv_len is not None and pos.dim() == 1 and length == 1:
             return None
-        keys = self._key_positions if kv_len is None else self._key_positions[:kv_len]
+        keys = self._key_positions[: self.caches[0].k.shape[2] if kv_len is None else kv_len]
         visible = keys <= pos[..., None]  # (L, keys) or (rows, L, keys)
         mask = torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)
         return mask[None, None] if pos.dim() == 1 else mask[:, None]
@@ -246,5 +319,5 @@ class FastDecoder:
         mask = self._mask(pos, x.shape[1], kv_len)
         for layer, cache, text in zip(self.layers, self.caches, self.text):
             x = layer(x, pos, cache, mask, kv_len, text)
-        last = layer_norm(x[:, -1], self.final_ln)
+        last = layer_norm(x[:, -1], self.final_ln).to(self.dtype)
         return self.heads_out(last).float().view(x.shape[0], self.num_codebooks, self.vocab_out)

@@ -57,12 +57,13 @@ class WindowEvent:
 class Engine:
     def __init__(self, model, tokenizer, windows: WindowSettings | None = None, backend: str = "fast",
                  precision: str = "fp32", compile: bool = False, static_step: bool | None = None,
-                 separator: StemSeparator | None = None):
+                 separator: StemSeparator | None = None, compile_backend="inductor"):
         """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8,
         int4), its decode step optionally through ``torch.compile`` and with fixed shapes (``static_step``,
         default: when compiling on CUDA, for CUDA graphs); "reference" runs transformers' own modules in
         the checkpoint's dtype (for parity checks). ``separator``: melody checkpoints take the chroma of
-        the melody's ``vocals`` + ``other`` stems (audiocraft's); without one, of the raw mix."""
+        the melody's ``vocals`` + ``other`` stems (audiocraft's); without one, of the raw mix.
+        ``compile_backend``: what ``torch.compile`` compiles with (inductor; another backend for tests)."""
         self.model = model.eval()
         self.separator = separator
         self.windows = windows or WindowSettings()
@@ -79,8 +80,10 @@ class Engine:
         self.max_delay = self.num_codebooks // self.channels - 1
         self.backend: Backend
         if backend == "fast":
+            # on the device of the rest of the model (the transformers decoder may stay mapped on the CPU)
             self.backend = FastBackend(model.decoder, precision, compile, static_step,
-                                       window_len=self.window_frames + self.max_delay + 1)
+                                       window_len=self.window_frames + self.max_delay + 1,
+                                       compile_backend=compile_backend, device=self.codec.device)
         elif backend == "reference":
             self.backend = ReferenceBackend(model.decoder)
         else:

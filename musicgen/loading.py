@@ -27,7 +27,13 @@ def _weight_files(path: Path) -> list[Path] | None:
     return [single] if single.is_file() else None
 
 
-def _map_checkpoint(path: Path, cls, device: torch.device):
+def _place(name: str, device: torch.device, decoder_device: torch.device) -> torch.device:
+    """Where the tensor ``name`` of the model goes: the decoder's onto ``decoder_device``, the rest onto
+    ``device``."""
+    return decoder_device if name.startswith("decoder.") else device
+
+
+def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch.device):
     """Build ``cls`` from the checkpoint with its tensors memory-mapped from the safetensors files (on CPU:
     no copy at all, pages are read when first used) or read straight onto ``device``: the module skeleton
     is created on the meta device, the file's tensors are assigned in place of its parameters, and only
@@ -54,17 +60,23 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
     with torch.device("meta"):
         model = cls(config)
     state: dict[str, torch.Tensor] = {}
-    if device.type == "cuda":  # safetensors wants an explicit index
-        target = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
-    else:
-        target = str(device)
+
+    def target(where: torch.device) -> str:  # safetensors wants an explicit CUDA index
+        if where.type == "cuda":
+            return f"cuda:{where.index if where.index is not None else torch.cuda.current_device()}"
+        return str(where)
+
     for file in files:
-        with safe_open(str(file), framework="pt", device=target) as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                for old, new in LEGACY_KEYS:
-                    key = key.replace(old, new)
-                state[key] = tensor.float() if tensor.is_floating_point() else tensor
+        for where in {device, decoder_device}:
+            with safe_open(str(file), framework="pt", device=target(where)) as f:
+                for key in f.keys():
+                    name = key
+                    for old, new in LEGACY_KEYS:
+                        name = name.replace(old, new)
+                    if _place(name, device, decoder_device) != where:
+                        continue
+                    tensor = f.get_tensor(key)
+                    state[name] = tensor.float() if tensor.is_floating_point() else tensor
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state) - tied), sorted(set(state) - expected)
@@ -84,7 +96,7 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
         if buffer.is_meta:
             module_name, _, buffer_name = name.rpartition(".")
             module = model.get_submodule(module_name)
-            module._buffers[buffer_name] = torch.empty_like(buffer, device=device)
+            module._buffers[buffer_name] = torch.empty_like(buffer, device=_place(name, device, decoder_device))
             unset[module_name] = module
     for module_name, module in unset.items():
         owner = max((n for n in pretrained if n == "" or f"{module_name}.".startswith(f"{n}.")), key=len)
@@ -100,10 +112,13 @@ def _map_checkpoint(path: Path, cls, device: torch.device):
     return model
 
 
-def load(path: Path, device: torch.device):
+def load(path: Path, device: torch.device, decoder_device: torch.device | None = None):
     """Load model and tokenizer from a transformers-format checkpoint directory onto ``device``: mapped
     straight from its safetensors files when they match the module (``_map_checkpoint``), else through
-    transformers' ``from_pretrained``."""
+    transformers' ``from_pretrained``. ``decoder_device`` (default ``device``) keeps the decoder's float32
+    weights elsewhere — on the CPU, mapped, while the fast decoder converts them layer by layer on their way
+    to the GPU, so the GPU never holds a float32 copy of the decoder."""
+    decoder_device = decoder_device or device
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
     from transformers.utils import logging as hf_logging
@@ -118,10 +133,15 @@ def load(path: Path, device: torch.device):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = _map_checkpoint(path, classes[kind], device)
+        model = _map_checkpoint(path, classes[kind], device, decoder_device)
         if model is None:
-            model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None).to(device)
+            model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None)
+            for name, child in model.named_children():
+                child.to(_place(f"{name}.", device, decoder_device))
         model.requires_grad_(False).eval()  # inference only
+        for module in model.audio_encoder.modules():  # cuDNN wants its LSTM weights in one block
+            if isinstance(module, torch.nn.LSTM):
+                module.flatten_parameters()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -85,6 +85,13 @@ def quantize_int8(parts: list[torch.Tensor], compute_dtype: torch.dtype) -> tupl
     return q, scale.to(compute_dtype)
 
 
+def stack(parts: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The row-wise concatenation of ``parts`` in ``dtype`` on ``device``, converted before it moves (a
+    single part already in place is returned as it is)."""
+    converted = [p.to(dtype) for p in parts]
+    return (converted[0] if len(converted) == 1 else torch.cat(converted, dim=0)).to(device).contiguous()
+
+
 class Linear:
     """y = x @ W.T in the chosen precision, W the row-wise concatenation of ``parts`` (q/k/v, the codebook
     heads) or one matrix.
@@ -95,8 +102,13 @@ class Linear:
     asymmetric, a scale and offset per group of ``INT4_GROUP`` input channels, packed for PyTorch's CPU
     int4 kernel, weight-only with bf16 activations."""
 
-    def __init__(self, parts: torch.Tensor | list[torch.Tensor], precision: str, compute_dtype: torch.dtype):
+    def __init__(self, parts: torch.Tensor | list[torch.Tensor], precision: str, compute_dtype: torch.dtype,
+                 device: torch.device | None = None):
+        """``device`` (default: the parts'): where the converted weight goes (float kinds; the CPU kernels
+        stay on the CPU). The parts are converted before they move, so the device never holds a float32
+        copy of a reduced-precision weight."""
         parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
+        device = device or parts[0].device
         self.kind = precision if precision in ("int8", "int4") else "float"
         rows, cols = sum(p.shape[0] for p in parts), parts[0].shape[1]
         if self.kind == "int4" and (cols % 32 or rows % 8):
@@ -129,8 +141,11 @@ class Linear:
             self.scale = (torch.cat([scale.reshape(n, -1, 1), zero.reshape(n, -1, 1)], dim=2)
                           .transpose(0, 1).contiguous().to(compute_dtype))
         else:
-            weight = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-            self.weight = weight.to(compute_dtype).contiguous()
+            self.weight = stack(parts, compute_dtype, device)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors this layer reads (the int8-dynamic engine's packed weight is an opaque object)."""
+        return [t for t in (self.weight, getattr(self, "scale", None)) if isinstance(t, torch.Tensor)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "float":

@@ -109,7 +109,9 @@ class MusicGen:
             )
         dev = settings.torch_device()
         decode_precision = settings.decode_precision(dev)
-        model, tokenizer = loading.load(path, dev)
+        # the fast decoder converts the decoder's weights on their way to a GPU: they stay mapped on the CPU
+        decoder_device = torch.device("cpu") if backend == "fast" and dev.type == "cuda" else None
+        model, tokenizer = loading.load(path, dev, decoder_device)
         separator, stems_missing = None, None
         if model.config.model_type == "musicgen_melody":
             separator, stems_missing = _load_separator(settings, dev, allow_download)
@@ -117,16 +119,12 @@ class MusicGen:
                         compile=settings.compile, separator=separator)
         engine.release_reference_weights()
         if settings.compile and backend == "fast":
+            # compile now, with a request's shapes, rather than in the first request (one compilation serves
+            # every later request; a compiler failure, now or later, falls back to the eager step)
             warm = time.monotonic()
-            try:
-                # a request's shapes: a text prompt with classifier-free guidance (two batch rows)
-                engine.generate_codes("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
-                log.info("compiled the decode step in %.1f s", time.monotonic() - warm)
-            except Exception as exc:  # a compiler failure must not take the service down: decode eagerly
-                engine.disable_compile()
-                first_line = str(exc).splitlines()[0] if str(exc) else ""
-                log.warning("compiling the decode step failed after %.1f s (%s: %s); decoding without "
-                            "torch.compile", time.monotonic() - warm, type(exc).__name__, first_line)
+            engine.generate_codes("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
+            log.info("warmed up the decode step (%s) in %.1f s",
+                     "compiled" if engine.backend.decoder.compiled else "eager", time.monotonic() - warm)
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,

@@ -266,13 +266,78 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatc
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    caplog.set_level("WARNING", logger="musicgen.service")
+    caplog.set_level("INFO")
     service = MusicGen.load(checkpoints["plain"], device="cpu", precision="fp32", compile=True)
-    assert "compiling the decode step failed" in caplog.text and "backend exploded" in caplog.text
+    assert "the compiled decode step failed (RuntimeError: backend exploded)" in caplog.text
+    assert "warmed up the decode step (eager)" in caplog.text
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     assert torch.equal(service.engine.generate_codes(TEXT, 20, greedy),
                        Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 20, greedy))
+
+
+def test_a_compiled_step_failing_mid_request_finishes_eagerly_with_the_same_tokens(checkpoints, caplog):
+    calls = [0]
+
+    def fails_later(gm, example_inputs):  # compiles fine, then breaks on its 10th run
+        def run(*args):
+            calls[0] += 1
+            if calls[0] == 10:
+                raise RuntimeError("device lost")
+            return gm.forward(*args)
+        return run
+
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    engine = Engine(model, tokenizer, precision="fp32", compile=True, static_step=True, compile_backend=fails_later)
+    caplog.set_level("WARNING", logger="musicgen.backends")
+    codes = engine.generate_codes(TEXT, 30, greedy)
+    assert "the compiled decode step failed (RuntimeError: device lost)" in caplog.text
+    assert not engine.backend.decoder.compiled and calls[0] == 10
+    assert torch.equal(codes, Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 30, greedy))
+
+
+def _counting_backend():
+    compiled = []
+
+    def backend(gm, example_inputs):
+        compiled.append(example_inputs)
+        return gm.forward
+    return backend, compiled
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_one_compilation_serves_every_request_shape(checkpoints, kind):
+    """The static (CUDA-graph) step compiles once for any duration, window, text length (across text
+    buckets), with and without guidance, and decodes the dynamic step's tokens."""
+    model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
+    backend, compiled = _counting_backend()
+    windows = WindowSettings(window_s=1.0, stride_s=0.6)
+    static = Engine(model, tokenizer, windows, precision="bf16", compile=True, static_step=True, compile_backend=backend)
+    dynamic = Engine(model, tokenizer, windows, precision="bf16")
+    melody = torch.from_numpy(tone([440.0, 330.0], 2.0)) if kind == "melody" else None
+    for text, frames, cfg in [("a", 20, 3.0), ("a much longer text prompt " * 3, 35, 3.0), ("b", 80, 3.0),
+                              ("c", 20, 1.0), ("x " * 70, 20, 3.0), (None, 30, 3.0)]:
+        params = SamplingParams(temperature=0.0, cfg_scale=cfg)
+        assert torch.equal(static.generate_codes(text, frames, params, melody_wav=melody),
+                           dynamic.generate_codes(text, frames, params, melody_wav=melody)), (text, frames, cfg)
+    assert len(compiled) == 1
+
+
+def test_the_static_step_reads_every_weight_in_place(checkpoints):
+    """A CUDA graph copies every input that is not a static address on each replay: only the step's own
+    column and position may be such inputs, never a weight, the cache, the tables or the text."""
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    backend, compiled = _counting_backend()
+    engine = Engine(model, tokenizer, precision="bf16", compile=True, static_step=True, compile_backend=backend)
+    engine.generate_codes(TEXT, 10, SamplingParams(temperature=0.0))
+    decoder = engine.backend.decoder
+    [inputs] = compiled
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    moving = [t for t in tensors if getattr(t, "_dynamo_static_input_type", None) is None]
+    assert sorted(tuple(t.shape) for t in moving) == [(1,), (2, 1, decoder.hidden)]  # the position, the column
+    weights = {t.data_ptr() for t in decoder.weights()}
+    assert weights <= {t.data_ptr() for t in tensors if getattr(t, "_dynamo_static_input_type", None)}
 
 
 @pytest.mark.parametrize("kind", ["plain", "melody"])
@@ -317,3 +382,31 @@ def test_kv_cache_rows_can_hold_sequences_at_different_positions(checkpoints, ki
     for row in (0, 1):
         for t in range(12):
             assert torch.allclose(together[row][t], alone[t][0], atol=1e-4, rtol=0), (row, t)
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_fp16_decoding_stays_finite_and_close_to_fp32(checkpoints, kind):
+    """What a GPU without native bf16 runs: fp16 matmuls over a float32 residual stream, q scaled before
+    q.k (as audiocraft's autocast does), so nothing overflows."""
+    model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
+    fp16 = Engine(model, tokenizer, precision="fp16")
+    decoder = fp16.backend.decoder
+    assert decoder.dtype == torch.float16 and decoder.residual_dtype == torch.float32
+    assert decoder.layers[0].qkv.weight.dtype == torch.float16 and decoder.layers[0].ln_self[0].dtype == torch.float32
+    fp32 = Engine(model, tokenizer, precision="fp32")
+    with torch.inference_mode():
+        cond = fp32.conditioner.condition(fp32.conditioner.encode_text(TEXT), None, 3.0)
+        seq = torch.randint(0, 2048, (1, fp32.num_codebooks, 30), generator=torch.Generator().manual_seed(5))
+        seq[:, :, 0] = fp32.start_id
+        for engine in (fp16, fp32):
+            engine.backend.start(cond, 64)
+        pairs = [(fp16.backend.prefill(seq[:, :, :5].expand(cond.rows, -1, -1)),
+                  fp32.backend.prefill(seq[:, :, :5].expand(cond.rows, -1, -1)))]
+        for s in range(5, 30):
+            column = seq[:, :, s : s + 1].expand(cond.rows, -1, -1)
+            pairs.append((fp16.backend.step(column), fp32.backend.step(column)))
+    for half, full in pairs:
+        assert torch.isfinite(half).all()
+        assert (half - full).abs().max() < 2e-2 * full.abs().max()
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    assert (fp16.generate_codes(TEXT, 40, greedy) == fp32.generate_codes(TEXT, 40, greedy)).float().mean() > 0.8

@@ -124,6 +124,7 @@ def test_cog_yaml_is_valid_against_cogs_schema():
     config = yaml.safe_load((ROOT / "cog.yaml").read_text())
     jsonschema.validate(config, schema)
     assert config["build"]["gpu"] is True
+    assert config["build"]["cuda"] == "13.0"  # torch 2.13.0's wheel: cuda-toolkit 13.0.3
     assert str(config["build"]["python_version"]) == "3.11"
     assert config["predict"] == "predict.py:Predictor"
     assert (ROOT / config["build"]["python_requirements"]).is_file()
