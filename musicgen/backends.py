@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 
 from .conditioning import Conditioning
+from .decoder import FastDecoder, Segment
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ class FastBackend:
     def __init__(self, hf_decoder, precision: str, compile: bool, static: bool | None, window_len: int,
                  compile_backend="inductor", device: torch.device | None = None):
         """``window_len``: token columns in a full window; a static step always allocates that much cache."""
-        from .decoder import FastDecoder
-
         self.decoder = FastDecoder(hf_decoder, precision, compile=compile, static=static,
                                    compile_backend=compile_backend, device=device)
         self.window_len = window_len
@@ -80,8 +79,7 @@ class FastBackend:
         self.prefix = cond.prefix
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
         self.decoder.setup_caches(cond.rows, prefix_len + length)
-        if cond.text_states is not None:
-            self.decoder.set_text(cond.text_states, cond.text_mask)
+        self.text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
         self.filled = 0
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -91,25 +89,28 @@ class FastBackend:
     def decoder_rows(self) -> int:
         return STATIC_ROWS if self.decoder.static else self.rows
 
+    def _segment(self, pos: torch.Tensor) -> Segment:
+        return Segment(slice(0, self.decoder_rows), pos, None if self.decoder.static else self.filled, self.text)
+
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         length = ids.shape[-1] + (0 if self.prefix is None else self.prefix.shape[1])
         pos = torch.arange(self.filled, self.filled + length, device=self.decoder.device)
         self.filled += length
-        return self.decoder.prefill(self._rows(ids), pos, self.filled, self.prefix)[: self.rows]
+        return self.decoder.prefill(self._rows(ids), self._segment(pos), self.prefix)[: self.rows]
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         self._pos.fill_(self.filled)
         self.filled += 1
-        ids = self._rows(ids)
+        ids, segment = self._rows(ids), self._segment(self._pos)
         try:
-            logits = self.decoder.step(ids, self._pos, self.filled)
+            logits = self.decoder.step(ids, [segment])
         except Exception as exc:  # a compiler failure after warm-up: decode eagerly from here on
             if not self.decoder.compiled:
                 raise
             log.warning("the compiled decode step failed (%s: %s); decoding without torch.compile from now on",
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             self.decoder.disable_compile()
-            logits = self.decoder.step(ids, self._pos, self.filled)
+            logits = self.decoder.step(ids, [segment])
         return logits[: self.rows]
 
 

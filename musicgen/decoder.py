@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,21 @@ from .quant import PRECISIONS, Linear, compute_dtype, stack
 # deployment sees each get one compiled graph (and one CUDA graph)
 STATIC_CACHE_BUCKET = 256
 STATIC_TEXT_BUCKET = 64
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence of a decoder call (a request's rows: conditional, and unconditional with guidance), all
+    its rows at the same positions. Several segments decode together, each at its own place."""
+
+    rows: slice  # its rows of the KV cache
+    pos: torch.Tensor  # (L,) the positions of its L tokens
+    kv_len: int | None  # keys to read: its positions below kv_len (None: the whole cache, under a mask)
+    text: list[CrossKV] | None = None  # cross-attention checkpoints: its text's keys/values, per layer
+
+    @property
+    def size(self) -> int:
+        return self.rows.stop - self.rows.start
 
 
 def norm_weights(ln: torch.nn.LayerNorm, dtype: torch.dtype,
@@ -94,15 +110,31 @@ class Layer:
         self.dtype = dtype
 
 
-    def self_attention(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache, mask: torch.Tensor | None,
-                       kv_len: int | None) -> torch.Tensor:
+    def self_attention(self, x: torch.Tensor, cache: KVCache, segments: list[Segment],
+                       masks: list[torch.Tensor | None], rows: torch.Tensor | None, pos: torch.Tensor | None) -> torch.Tensor:
+        """``x`` holds the segments' rows in order (``rows``/``pos``: their cache rows and positions, for
+        several segments). Each segment attends to its own keys, exactly as it would alone."""
         att = self.attention
         q, k, v = self.qkv(self._norm(x, self.ln_self)).split(att.hidden, dim=-1)
-        keys, values = cache.update(pos, att.split(k), att.split(v))
-        if kv_len is not None:  # the filled part only
-            keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]
-        out = att(att.split(q).to(att.state_dtype), keys, values, mask)
+        q, k, v = att.split(q).to(att.state_dtype), att.split(k), att.split(v)
+        if len(segments) == 1:
+            keys, values = cache.update(segments[0].pos, k, v, segments[0].rows)
+        else:
+            keys, values = cache.update(pos, k, v, rows)
+        out = self._per_segment(q, segments, lambda seg, i, q_seg: att(
+            q_seg, keys[seg.rows, :, : seg.kv_len], values[seg.rows, :, : seg.kv_len], masks[i]))
         return self.out(att.merge(out).to(self.dtype))
+
+    @staticmethod
+    def _per_segment(q: torch.Tensor, segments: list[Segment], attend) -> torch.Tensor:
+        """``attend(segment, index, its queries)`` for each segment, the results in the segments' order."""
+        if len(segments) == 1:
+            return attend(segments[0], 0, q)
+        outs, start = [], 0
+        for i, seg in enumerate(segments):
+            outs.append(attend(seg, i, q[start : start + seg.size]))
+            start += seg.size
+        return torch.cat(outs)
 
     def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:
         """Layer norm of the residual stream, in the matmuls' dtype."""
@@ -122,18 +154,21 @@ class Layer:
         kv = F.linear(states.to(self.dtype), self.kv_cross).to(att.state_dtype)
         return CrossKV(att.split(kv[..., : att.hidden]), att.split(kv[..., att.hidden :]), mask)
 
-    def cross_attention(self, x: torch.Tensor, text: CrossKV) -> torch.Tensor:
+    def cross_attention(self, x: torch.Tensor, segments: list[Segment], index: int) -> torch.Tensor:
+        """Each segment attends to its own text (layer ``index``'s keys/values)."""
         att = self.attention
         q = att.split(self.q_cross(self._norm(x, self.ln_cross))).to(att.state_dtype)
-        return self.out_cross(att.merge(att(q, text.k, text.v, text.mask)).to(self.dtype))
+        out = self._per_segment(q, segments, lambda seg, i, q_seg: att(
+            q_seg, seg.text[index].k, seg.text[index].v, seg.text[index].mask))
+        return self.out_cross(att.merge(out).to(self.dtype))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self._norm(x, self.ln_mlp))))
 
-    def __call__(self, x, pos, cache, mask, kv_len, text: CrossKV | None):
-        x = x + self.self_attention(x, pos, cache, mask, kv_len)
-        if text is not None:
-            x = x + self.cross_attention(x, text)
+    def __call__(self, x, cache, segments, masks, rows, pos, index: int):
+        x = x + self.self_attention(x, cache, segments, masks, rows, pos)
+        if segments[0].text is not None:
+            x = x + self.cross_attention(x, segments, index)
         return x + self.mlp(x)
 
 
@@ -198,7 +233,7 @@ class FastDecoder:
             self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype, device)  # (K*V, H)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
         self.caches: list[KVCache] = []
-        self.text: list[CrossKV | None] = [None] * len(self.layers)
+        self.text: list[CrossKV] | None = None  # the static step's persistent text buffers
         self._position_table: torch.Tensor | None = None
         self._key_positions: torch.Tensor | None = None
         self.static = compile and device.type == "cuda" if static is None else static
@@ -253,9 +288,10 @@ class FastDecoder:
                 torch._dynamo.mark_static_address(self._position_table)
                 torch._dynamo.mark_static_address(self._key_positions)
 
-    def set_text(self, states: torch.Tensor, mask: torch.Tensor) -> None:
-        """Cross-attention checkpoints: the projected text states (rows, Lt, H) and their padding mask
-        (rows, Lt) that every following position attends to."""
+    def text_kv(self, states: torch.Tensor, mask: torch.Tensor) -> list[CrossKV]:
+        """Cross-attention checkpoints: the keys/values of the projected text states (rows, Lt, H) with
+        their padding mask (rows, Lt), one per layer, for a segment's ``text``. The static step's come from
+        persistent buffers (what a CUDA graph replays in place), its text padded to a bucket."""
         if self.static:  # pad the text to its bucket; padded positions are masked out
             pad = -states.shape[1] % STATIC_TEXT_BUCKET
             states, mask = F.pad(states, (0, 0, 0, pad)), F.pad(mask, (0, pad))
@@ -264,60 +300,63 @@ class FastDecoder:
         additive = additive.to(self.state_dtype)[:, None, None, :]
         fresh = [layer.text_kv(states, additive) for layer in self.layers]
         if not self.static:
-            self.text = fresh
-            return
-        # the static step reads the text from buffers that keep their address while the bucket does (a CUDA
-        # graph replays them in place), with the text length dynamic: one graph for every bucket
-        if self.text[0] is None or self.text[0].k.shape != fresh[0].k.shape:
+            return fresh
+        # persistent buffers while the bucket lasts, with the text length dynamic: one graph for every bucket
+        if self.text is None or self.text[0].k.shape != fresh[0].k.shape:
             self.text = []
             for kv in fresh:
                 self.text.append(CrossKV(kv.k.clone(), kv.v.clone(), kv.mask.clone()))
                 for tensor, dim in ((self.text[-1].k, 2), (self.text[-1].v, 2), (self.text[-1].mask, 3)):
                     torch._dynamo.mark_static_address(tensor)
                     torch._dynamo.mark_dynamic(tensor, dim)
-            return
+            return self.text
         for buffer, kv in zip(self.text, fresh):
             buffer.k.copy_(kv.k)
             buffer.v.copy_(kv.v)
             buffer.mask.copy_(kv.mask)
+        return self.text
 
     # ---------------------------------------------------------------- forward
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Tokens (rows, K, L) -> the sum of their codebook embeddings (rows, L, H), in the residual dtype."""
         return self.embed_table[ids + self.offsets].sum(dim=1, dtype=self.residual_dtype)
 
-    def prefill(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int,
-                prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens ``ids`` (rows, K, L), after an optional embedded ``prefix`` (rows, Lp, H) (melody
-        checkpoints' conditioning), at positions ``pos`` (Lp + L,); ``kv_len`` = last position + 1.
-        Returns the logits of the last position, (rows, K, vocab), float32."""
+    def prefill(self, ids: torch.Tensor, segment: Segment, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """A segment's first tokens ``ids`` (rows, K, L), after an optional embedded ``prefix`` (rows, Lp, H)
+        (melody checkpoints' conditioning); ``segment.pos`` covers Lp + L positions. Returns the logits of
+        the last position, (rows, K, vocab), float32."""
         x = self.embed(ids)
         if prefix is not None:
             x = torch.cat([prefix.to(self.residual_dtype), x], dim=1)
-        return self._forward(x, pos, kv_len)
+        return self._forward(x, [segment])
 
-    def step(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """One column ``ids`` (rows, K, 1) at ``pos`` ((1,) or (rows, 1)); the static step ignores ``kv_len``
-        and reads the whole cache. Returns (rows, K, vocab) float32 logits."""
-        logits = self._step(self.embed(ids), pos, None if self.static else kv_len)
+    def step(self, ids: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        """One column ``ids`` (rows, K, 1) for the segments' rows, in order; the static step reads the whole
+        cache (``kv_len`` None). Returns (rows, K, vocab) float32 logits."""
+        logits = self._step(self.embed(ids), segments)
         if logits.device.type == "cuda" and self.static:
             logits = logits.clone()  # a replayed CUDA graph reuses its output buffer
         return logits
 
-    def _mask(self, pos: torch.Tensor, length: int, kv_len: int | None) -> torch.Tensor | None:
-        """Additive self-attention mask (rows or 1, 1, L, keys): key j is visible from position p when
-        j <= p. None when every key read is visible (a shared one-column step over the filled part)."""
-        if kv_len is not None and pos.dim() == 1 and length == 1:
+    def _mask(self, segment: Segment) -> torch.Tensor | None:
+        """Additive self-attention mask (1, 1, L, keys) of a segment: key j is visible from position p when
+        j <= p. None when every key read is visible (one column over the filled part)."""
+        if segment.kv_len is not None and segment.pos.shape[0] == 1:
             return None
-        keys = self._key_positions[: self.caches[0].k.shape[2] if kv_len is None else kv_len]
-        visible = keys <= pos[..., None]  # (L, keys) or (rows, L, keys)
-        mask = torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)
-        return mask[None, None] if pos.dim() == 1 else mask[:, None]
+        keys = self._key_positions[: self.caches[0].k.shape[2] if segment.kv_len is None else segment.kv_len]
+        visible = keys <= segment.pos[:, None]  # (L, keys)
+        return torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)[None, None]
 
-    def _forward(self, x: torch.Tensor, pos: torch.Tensor, kv_len: int | None) -> torch.Tensor:
-        x = x + self._position_table[pos]  # (L, H) broadcast over rows, or (rows, L, H)
-        mask = self._mask(pos, x.shape[1], kv_len)
-        for layer, cache, text in zip(self.layers, self.caches, self.text):
-            x = layer(x, pos, cache, mask, kv_len, text)
+    def _forward(self, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        if len(segments) == 1:
+            x = x + self._position_table[segments[0].pos]  # (L, H), the same for every row
+            rows = pos = None
+        else:  # each segment's rows at its positions; the cache rows and positions of every row
+            x = x + torch.cat([self._position_table[seg.pos].expand(seg.size, -1, -1) for seg in segments])
+            rows = torch.cat([torch.arange(seg.rows.start, seg.rows.stop) for seg in segments]).to(x.device)
+            pos = torch.cat([seg.pos.expand(seg.size, -1) for seg in segments])
+        masks = [self._mask(seg) for seg in segments]
+        for index, (layer, cache) in enumerate(zip(self.layers, self.caches)):
+            x = layer(x, cache, segments, masks, rows, pos, index)
         last = layer_norm(x[:, -1], self.final_ln).to(self.dtype)
         return self.heads_out(last).float().view(x.shape[0], self.num_codebooks, self.vocab_out)

@@ -35,17 +35,24 @@ class KVCache(torch.nn.Module):
         self.k.zero_()
         self.v.zero_()
 
-    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``, ``v`` (rows, heads, L, head_dim) at positions ``pos`` ((L,) for every row, or
-        (rows, L) per row) and return the whole cache (keys, values)."""
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               rows: slice | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` (n, heads, L, head_dim) into ``rows`` of the cache (a slice, an index tensor
+        (n,), or all rows) at positions ``pos`` ((L,) for every row, or (n, L) per row); return the whole
+        cache (keys, values)."""
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if pos.dim() == 1:
-            self.k.index_copy_(2, pos, k)
-            self.v.index_copy_(2, pos, v)
+        if pos.dim() == 1 and not isinstance(rows, torch.Tensor):
+            keys, values = (self.k, self.v) if rows is None else (self.k[rows], self.v[rows])
+            keys.index_copy_(2, pos, k)
+            values.index_copy_(2, pos, v)
         else:
-            rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
-            self.k[rows, :, pos] = k.transpose(1, 2)  # advanced indices first: (rows, L, heads, head_dim)
-            self.v[rows, :, pos] = v.transpose(1, 2)
+            if rows is None:
+                rows = torch.arange(k.shape[0], device=k.device)
+            elif isinstance(rows, slice):
+                rows = torch.arange(rows.start, rows.stop, device=k.device)
+            pos = pos.expand(k.shape[0], -1)
+            self.k[rows[:, None], :, pos] = k.transpose(1, 2)  # advanced indices first: (n, L, heads, head_dim)
+            self.v[rows[:, None], :, pos] = v.transpose(1, 2)
         return self.k, self.v
 
 

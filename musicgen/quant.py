@@ -85,6 +85,9 @@ def quantize_int8(parts: list[torch.Tensor], compute_dtype: torch.dtype) -> tupl
     return q, scale.to(compute_dtype)
 
 
+_RANGE_MARKERS = (1.0, -1.0, 0.0, 0.0)  # appended to each activation row of the int8 engine (K + 4 channels)
+
+
 def stack(parts: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The row-wise concatenation of ``parts`` in ``dtype`` on ``device``, converted before it moves (a
     single part already in place is returned as it is)."""
@@ -97,8 +100,8 @@ class Linear:
     heads) or one matrix.
 
     int8 (CPU): symmetric weights, one scale per output channel. Where PyTorch has a quantized engine the
-    activations are quantized too, per call (dynamic quantization: fbgemm/oneDNN's int8 GEMM, which reads
-    the weights at memory speed); elsewhere it is weight-only (activations in bf16 or fp32). int4 (CPU):
+    activations are quantized too, per call and per row (dynamic quantization: fbgemm/oneDNN's int8 GEMM,
+    which reads the weights at memory speed); elsewhere it is weight-only (activations in bf16 or fp32). int4 (CPU):
     asymmetric, a scale and offset per group of ``INT4_GROUP`` input channels, packed for PyTorch's CPU
     int4 kernel, weight-only with bf16 activations."""
 
@@ -116,6 +119,9 @@ class Linear:
         if precision == "int8" and parts[0].device.type == "cpu" and int8_dynamic_available():
             self.kind = "int8-dynamic"
             q, scale = quantize_int8(parts, torch.float32)
+            # four zero input channels carry each row's range markers (+1, -1), see __call__
+            q = torch.cat([q, torch.zeros(rows, len(_RANGE_MARKERS), dtype=torch.int8)], dim=1)
+            self.markers = torch.tensor(_RANGE_MARKERS)
             zero = torch.zeros(rows, dtype=torch.long)
             with warnings.catch_warnings():
                 # PyTorch marks its quantized tensor types deprecated; they ship (and are pinned) in 2.13
@@ -153,7 +159,16 @@ class Linear:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         if self.kind == "int8-dynamic":
-            y = torch.ops.quantized.linear_dynamic(flat, self.weight, self.reduce_range)
+            # Per-row activation scales, so that a row's result never depends on the other rows of the batch
+            # (requests decoded together give the bytes each gives alone): each row is divided by its own
+            # largest magnitude and carries +1 and -1 in the zero-weight marker channels, so the engine's
+            # per-tensor range is always [-1, 1]; int8 x int8 sums are exact integers, whatever the batch.
+            rows, cols = flat.shape
+            scaled = torch.empty(rows, cols + len(_RANGE_MARKERS), dtype=flat.dtype)
+            scaled[:, cols:] = self.markers
+            row_scale = torch.amax(flat.abs(), dim=1, keepdim=True).clamp_(min=1e-30)
+            torch.div(flat, row_scale, out=scaled[:, :cols])
+            y = torch.ops.quantized.linear_dynamic(scaled, self.weight, self.reduce_range).mul_(row_scale)
         elif self.kind == "int8":
             y = torch._weight_int8pack_mm(flat, self.weight, self.scale)
         else:

@@ -340,48 +340,63 @@ def test_the_static_step_reads_every_weight_in_place(checkpoints):
     assert weights <= {t.data_ptr() for t in tensors if getattr(t, "_dynamo_static_input_type", None)}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("kind", ["plain", "melody"])
-def test_kv_cache_rows_can_hold_sequences_at_different_positions(checkpoints, kind):
-    """The shape continuous batching needs: row 1 joins three steps after row 0 (its cache holding junk
-    meanwhile), each row at its own positions, and both get the logits they get alone."""
-    from musicgen.decoder import FastDecoder
+def test_sequences_decode_together_each_at_its_own_position(checkpoints, kind, precision):
+    """What continuous batching runs: two sequences (each with its two guidance rows and its own text) in
+    one decoder call, the second joining three steps after the first, each at its own positions and
+    reading only its own keys, get the logits each gets alone — exactly in int8 (per-row activation
+    scales, integer sums), to float rounding in fp32 (whose matmuls depend on the batch size)."""
+    from musicgen.decoder import FastDecoder, Segment
 
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
     engine = Engine(model, tokenizer, precision="fp32")
-    cond = engine.conditioner.condition(engine.conditioner.encode_text(TEXT), None, 1.0)  # one row
-    decoder = FastDecoder(model.decoder, "fp32")
-    ids = torch.randint(0, 2048, (1, engine.num_codebooks, 12), generator=torch.Generator().manual_seed(2))
-    prefix = cond.prefix  # melody checkpoints: the conditioning prefix, embedded like tokens
-    lead = 0 if prefix is None else prefix.shape[1]
+    conds = [engine.conditioner.condition(engine.conditioner.encode_text(text), None, 3.0)
+             for text in (TEXT, "a different and longer text about drums")]
+    decoder = FastDecoder(model.decoder, precision)
+    gen = torch.Generator().manual_seed(2)
+    ids = [torch.randint(0, 2048, (2, engine.num_codebooks, 12), generator=gen) for _ in conds]
+    ids[0][:, :, 0] = ids[1][:, :, 0] = engine.start_id
+    leads = [0 if c.prefix is None else c.prefix.shape[1] for c in conds]
 
-    def start(rows):
-        decoder.setup_caches(rows, lead + 16)
-        if cond.text_states is not None:
-            decoder.set_text(cond.text_states.expand(rows, -1, -1), cond.text_mask.expand(rows, -1))
+    def segment(j, rows, pos, kv_len):
+        text = None if conds[j].text_states is None else decoder.text_kv(conds[j].text_states, conds[j].text_mask)
+        return Segment(rows, torch.tensor(pos), kv_len, text)
 
-    start(1)  # alone: the prefix (if any) with the first token, then one step per token
-    alone = [decoder.prefill(ids[..., :1], torch.arange(lead + 1), lead + 1, prefix)]
-    for t in range(1, 12):
-        alone.append(decoder.step(ids[..., t : t + 1], torch.tensor([lead + t]), lead + t + 1))
+    alone = []
+    for j, cond in enumerate(conds):
+        decoder.setup_caches(2, max(leads) + 16)
+        lead = leads[j]
+        logits = [decoder.prefill(ids[j][..., :1], segment(j, slice(0, 2), list(range(lead + 1)), lead + 1), cond.prefix)]
+        for t in range(1, 12):
+            logits.append(decoder.step(ids[j][..., t : t + 1], [segment(j, slice(0, 2), [lead + t], lead + t + 1)]))
+        alone.append(logits)
 
-    start(2)  # together: the prefix of both rows first, then row 1 lags three steps behind row 0
-    if prefix is not None:
-        decoder.prefill(ids[..., :0].expand(2, -1, -1), torch.arange(lead), lead, prefix.expand(2, -1, -1))
+    decoder.setup_caches(4, max(leads) + 16)  # sequence j in cache rows 2j, 2j + 1
+    rows = [slice(0, 2), slice(2, 4)]
     together = {0: [], 1: []}
-    junk = torch.full((engine.num_codebooks, 1), 7)
     for step in range(12 + 3):
-        cols = [min(step, 11), max(step - 3, 0)]
-        pos = torch.tensor([[lead + c] for c in cols])
-        # while it waits, row 1 writes junk at its first position; its real first token overwrites it
-        column = torch.stack([ids[0, :, cols[0] : cols[0] + 1], ids[0, :, cols[1] : cols[1] + 1] if step >= 3 else junk])
-        logits = decoder.step(column, pos, int(pos.max()) + 1)
-        if step < 12:
-            together[0].append(logits[0])
-        if step >= 3:
-            together[1].append(logits[1])
-    for row in (0, 1):
+        segments, columns = [], []
+        for j, t in ((0, step), (1, step - 3)):
+            if t < 0 or t >= 12:
+                continue
+            lead = leads[j]
+            if t == 0:  # joins: its prefill, alone in its call
+                together[j].append(decoder.prefill(ids[j][..., :1], segment(j, rows[j], list(range(lead + 1)), lead + 1),
+                                                   conds[j].prefix))
+                continue
+            segments.append(segment(j, rows[j], [lead + t], lead + t + 1))
+            columns.append((j, ids[j][..., t : t + 1]))
+        if segments:
+            logits = decoder.step(torch.cat([c for _, c in columns]), segments)
+            for n, (j, _) in enumerate(columns):
+                together[j].append(logits[2 * n : 2 * n + 2])
+    for j in (0, 1):
         for t in range(12):
-            assert torch.allclose(together[row][t], alone[t][0], atol=1e-4, rtol=0), (row, t)
+            if precision == "int8":
+                assert torch.equal(together[j][t], alone[j][t]), (j, t)
+            else:
+                assert torch.allclose(together[j][t], alone[j][t], atol=1e-4, rtol=0), (j, t)
 
 
 @pytest.mark.parametrize("kind", ["plain", "melody"])
