@@ -24,8 +24,9 @@ from . import chroma as chroma_mod
 from .audio_io import convert_channels
 from .backends import Backend, FastBackend, ReferenceBackend
 from .codec import Codec
-from .conditioning import Conditioner, Conditioning
-from .sampling import SamplingParams, apply_cfg, sample_next
+from .conditioning import Conditioner
+from .sampling import SamplingParams
+from .sequence import Sequence, WindowEvent
 from .stems import StemSeparator
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,6 @@ class WindowSettings:
 
     window_s: float = 30.0
     stride_s: float = 18.0
-
-
-@dataclass(frozen=True)
-class WindowEvent:
-    """One generated window, reported to ``generate_codes(on_window=...)``."""
-
-    index: int  # 0-based
-    count: int  # windows in this generation
-    start_frame: int  # where the window starts in the clip (prompt included); the melody is read from here
-    context: torch.Tensor  # (K, ctx) tokens the window was prompted with
-    new: torch.Tensor  # (K, n) tokens it generated
-    melody_chroma: torch.Tensor | None = None  # (frames, 12) the window was conditioned on (melody checkpoints)
 
 
 class Engine:
@@ -159,13 +148,38 @@ class Engine:
         (at least ``melody_seconds(seconds)`` of it when the melody is that long). Returns the waveform of
         the whole clip, prompt included: (channels, samples), float32 on the CPU."""
         started = time.monotonic()
-        prompt_codes = self.encode(self.whole_frames(prompt_wav)) if prompt_wav is not None else None
-        codes = self.generate_codes(text, seconds * self.frame_rate, params, generator, prompt_codes=prompt_codes,
-                                    melody_wav=melody_wav, progress=progress, on_window=on_window)
+        sequence = self.sequence(text, seconds, params, generator, prompt_wav=prompt_wav, melody_wav=melody_wav,
+                                 progress=progress, on_window=on_window)
+        codes = self.run(sequence)
         tokens = time.monotonic()
         wav = self.decode(codes)
         log.info("tokens %.1f s, audio decoding %.1f s", tokens - started, time.monotonic() - tokens)
         return wav
+
+    @torch.inference_mode()
+    def sequence(self, text: str | None, seconds: int, params: SamplingParams,
+                 generator: torch.Generator | None = None, prompt_wav: torch.Tensor | None = None,
+                 melody_wav: torch.Tensor | None = None, progress: Progress | None = None,
+                 on_window: Callable[[WindowEvent], None] | None = None,
+                 note: Callable[[str], None] | None = None) -> Sequence:
+        """A request's generation ready to decode (``run`` it, or hand it to a scheduler): the text encoded,
+        the continuation prompt trimmed to whole frames and encoded, the melody's chroma source separated."""
+        prompt_codes = self.encode(self.whole_frames(prompt_wav)) if prompt_wav is not None else None
+        melody = self.melody_source(melody_wav) if melody_wav is not None else None
+        return Sequence(self, self.conditioner.encode_text(text), seconds * self.frame_rate, params, generator,
+                        prompt_codes, melody, progress, on_window, note or log.info)
+
+    @torch.inference_mode()
+    def run(self, sequence: Sequence) -> torch.Tensor:
+        """Decode a sequence to its end on this engine's backend; its codes (K, P + n_new)."""
+        while not sequence.done:
+            window = sequence.next_window()
+            self.backend.start(window.cond, window.length)
+            sequence.consume(self.backend.prefill(window.prefill_ids()))
+            while not window.done:
+                sequence.consume(self.backend.step(window.step_ids()))
+            sequence.finish_window()
+        return sequence.codes()
 
     def plan(self, prompt_frames: int, n_new: int) -> list[tuple[int, int]]:
         """[(context frames, new frames)] for each window, as audiocraft's ``_generate_tokens`` lays them out:
@@ -208,39 +222,9 @@ class Engine:
         (melody checkpoints) ``melody_wav`` ((channels, samples) or (samples,)) at the model's rate. Returns
         the codes of the whole clip, prompt included: (K, P + n_new). Durations past one window are generated
         window by window."""
-        K = self.num_codebooks
-        prompt = torch.zeros(K, 0, dtype=torch.long) if prompt_codes is None else prompt_codes.long()
-        plan = self.plan(prompt.shape[1], n_new)
-        total_steps = sum(n + self.max_delay for _, n in plan)  # one decode step per column
-        done = 0
-
-        def step() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total_steps)
-
-        text_states = self.conditioner.encode_text(text)  # once: every window has the same text
         melody = self.melody_source(melody_wav) if melody_wav is not None else None
-        out = [prompt.to(self.device)]
-        context = out[0]
-        end = prompt.shape[1]  # frames of the clip so far (prompt included)
-        cond, chroma = None, None
-        for i, (ctx_len, n) in enumerate(plan):
-            context = context[:, context.shape[1] - ctx_len :]
-            if cond is None or (melody is not None and len(plan) > 1):  # the melody at the window's time
-                if melody is not None:
-                    chroma = self.melody_chroma(melody, end - ctx_len, self.window_frames if len(plan) > 1 else None)
-                cond = self.conditioner.condition(text_states, chroma, params.cfg_scale)
-            if len(plan) > 1:
-                log.info("window %d/%d: %d frames of context, %d new frames", i + 1, len(plan), ctx_len, n)
-            window = self._generate_window(cond, context, n, params, generator, step)
-            out.append(window[:, ctx_len:])
-            if on_window is not None:
-                on_window(WindowEvent(i, len(plan), end - ctx_len, context, window[:, ctx_len:], chroma))
-            context = window
-            end += n
-        return torch.cat(out, dim=1)
+        return self.run(Sequence(self, self.conditioner.encode_text(text), n_new, params, generator, prompt_codes,
+                                 melody, progress, on_window, log.info))
 
     def melody_source(self, melody_wav: torch.Tensor) -> torch.Tensor:
         """What the chroma is computed on, mono (samples,): the ``vocals`` + ``other`` stems of the melody
@@ -262,34 +246,3 @@ class Engine:
             start = offset_frames * hop
             wav = wav[torch.arange(start, start + length_frames * hop) % wav.numel()]
         return chroma_mod.chroma(wav, self.sample_rate)
-
-    def _generate_window(self, cond: Conditioning, prompt: torch.Tensor, n_new: int, params: SamplingParams,
-                         generator: torch.Generator | None, on_step: Callable[[], None]) -> torch.Tensor:
-        """Generate ``n_new`` frames after ``prompt`` (K, P) within one context window; returns (K, P + n_new).
-
-        The delayed sequence has ``P + n_new + max_delay + 1`` columns: column 0 is the start token, codebook
-        k holds frame t at column ``t + 1 + delay(k)``, and every other cell is the pad/start token. Prompt
-        cells are forced, the rest are sampled one column per step."""
-        K, P = prompt.shape
-        N = P + n_new
-        S = N + self.max_delay + 1
-        device = self.device
-        delays = self.delays.to(device)
-        seq = torch.full((K, S), self.start_id, dtype=torch.long, device=device)
-        if P:
-            cols = torch.arange(P, device=device)
-            seq[torch.arange(K, device=device)[:, None], cols[None] + 1 + delays[:, None]] = prompt.to(device)
-        first_free = 1 + delays + P  # first column each codebook samples
-        last_free = 1 + delays + N  # one past the last
-        self.backend.start(cond, S)
-        logits = self.backend.prefill(seq[None, :, : P + 1].expand(cond.rows, -1, -1))
-        for s in range(P + 1, S):
-            scores = logits[0] if cond.rows == 1 else apply_cfg(logits[0], logits[1], params.cfg_scale)
-            nxt = sample_next(scores, params, generator)
-            free = (s >= first_free) & (s < last_free)
-            seq[:, s] = torch.where(free, nxt, seq[:, s])
-            on_step()
-            if s < S - 1:
-                logits = self.backend.step(seq[None, :, s : s + 1].expand(cond.rows, -1, -1))
-        idx = torch.arange(N, device=device)[None] + 1 + delays[:, None]
-        return seq.gather(1, idx)
