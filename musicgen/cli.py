@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")
         from .service import MusicGen  # heavy imports only once the arguments are known to be good
 
-        model = MusicGen.load(args.weights, device=args.device, precision=args.precision)
+        model = MusicGen.load(args.weights, device=args.device, precision=args.precision, concurrency=1)
         produced = model.predict(request, progress=_Bar()).paths[0]
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)

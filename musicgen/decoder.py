@@ -117,23 +117,26 @@ class Layer:
         att = self.attention
         q, k, v = self.qkv(self._norm(x, self.ln_self)).split(att.hidden, dim=-1)
         q, k, v = att.split(q).to(att.state_dtype), att.split(k), att.split(v)
-        if len(segments) == 1:
+        if rows is None:
             keys, values = cache.update(segments[0].pos, k, v, segments[0].rows)
-        else:
-            keys, values = cache.update(pos, k, v, rows)
+        else:  # rows past the segments' are padding: nothing to store, nothing to attend to
+            keys, values = cache.update(pos, k[: rows.numel()], v[: rows.numel()], rows)
         out = self._per_segment(q, segments, lambda seg, i, q_seg: att(
             q_seg, keys[seg.rows, :, : seg.kv_len], values[seg.rows, :, : seg.kv_len], masks[i]))
         return self.out(att.merge(out).to(self.dtype))
 
     @staticmethod
     def _per_segment(q: torch.Tensor, segments: list[Segment], attend) -> torch.Tensor:
-        """``attend(segment, index, its queries)`` for each segment, the results in the segments' order."""
-        if len(segments) == 1:
+        """``attend(segment, index, its queries)`` for each segment, the results in the segments' order;
+        zeros for padding rows after them."""
+        if len(segments) == 1 and segments[0].size == q.shape[0]:
             return attend(segments[0], 0, q)
         outs, start = [], 0
         for i, seg in enumerate(segments):
             outs.append(attend(seg, i, q[start : start + seg.size]))
             start += seg.size
+        if start < q.shape[0]:
+            outs.append(torch.zeros_like(q[start:]))
         return torch.cat(outs)
 
     def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:
@@ -272,14 +275,24 @@ class FastDecoder:
                 cache.reset()
         else:
             self.caches = []  # the old cache is freed before the new one is allocated
-            self.caches = [KVCache(rows, self.attention.heads, length, self.attention.head_dim, self.state_dtype,
-                                   self.device, static=self.static) for _ in self.layers]
-            if self.static:
-                for cache in self.caches:
-                    torch._dynamo.mark_dynamic(cache.k, 2)
-                    torch._dynamo.mark_dynamic(cache.v, 2)
+            self.caches = self.new_caches(rows, length)
+        self.setup_positions(length)
+
+    def new_caches(self, rows: int, length: int) -> list[KVCache]:
+        """A KV cache per layer for ``rows`` rows of ``length`` positions (their position embeddings ready)."""
+        caches = [KVCache(rows, self.attention.heads, length, self.attention.head_dim, self.state_dtype,
+                          self.device, static=self.static) for _ in self.layers]
+        if self.static:
+            for cache in caches:
+                torch._dynamo.mark_dynamic(cache.k, 2)
+                torch._dynamo.mark_dynamic(cache.v, 2)
+        self.setup_positions(length)
+        return caches
+
+    def setup_positions(self, length: int) -> None:
+        """Position embeddings (and key positions) for every position a cache of ``length`` can hold; kept
+        (one address) until a longer cache needs more."""
         if self._position_table is None or self._position_table.shape[0] < length:
-            # every position a cache can hold has an embedding; kept (one address) until a longer cache
             if self._positions.weights.shape[0] < length:
                 self._positions.make_weights(length, self.hidden)
             self._position_table = self._positions.weights.to(self.residual_dtype).to(self.device)
@@ -321,42 +334,49 @@ class FastDecoder:
         """Tokens (rows, K, L) -> the sum of their codebook embeddings (rows, L, H), in the residual dtype."""
         return self.embed_table[ids + self.offsets].sum(dim=1, dtype=self.residual_dtype)
 
-    def prefill(self, ids: torch.Tensor, segment: Segment, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, segment: Segment, prefix: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> torch.Tensor:
         """A segment's first tokens ``ids`` (rows, K, L), after an optional embedded ``prefix`` (rows, Lp, H)
         (melody checkpoints' conditioning); ``segment.pos`` covers Lp + L positions. Returns the logits of
-        the last position, (rows, K, vocab), float32."""
+        the last position, (rows, K, vocab), float32. ``caches``: the KV caches to use (default: the
+        decoder's own, from ``setup_caches``)."""
         x = self.embed(ids)
         if prefix is not None:
             x = torch.cat([prefix.to(self.residual_dtype), x], dim=1)
-        return self._forward(x, [segment])
+        return self._forward(x, [segment], caches)
 
-    def step(self, ids: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, segments: list[Segment], caches: list[KVCache] | None = None) -> torch.Tensor:
         """One column ``ids`` (rows, K, 1) for the segments' rows, in order; the static step reads the whole
         cache (``kv_len`` None). Returns (rows, K, vocab) float32 logits."""
-        logits = self._step(self.embed(ids), segments)
+        logits = self._step(self.embed(ids), segments, caches)
         if logits.device.type == "cuda" and self.static:
             logits = logits.clone()  # a replayed CUDA graph reuses its output buffer
         return logits
 
-    def _mask(self, segment: Segment) -> torch.Tensor | None:
+    def _mask(self, segment: Segment, cache_length: int) -> torch.Tensor | None:
         """Additive self-attention mask (1, 1, L, keys) of a segment: key j is visible from position p when
         j <= p. None when every key read is visible (one column over the filled part)."""
         if segment.kv_len is not None and segment.pos.shape[0] == 1:
             return None
-        keys = self._key_positions[: self.caches[0].k.shape[2] if segment.kv_len is None else segment.kv_len]
+        keys = self._key_positions[: cache_length if segment.kv_len is None else segment.kv_len]
         visible = keys <= segment.pos[:, None]  # (L, keys)
         return torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)[None, None]
 
-    def _forward(self, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
-        if len(segments) == 1:
+    def _forward(self, x: torch.Tensor, segments: list[Segment], caches: list[KVCache] | None = None) -> torch.Tensor:
+        """``x`` (rows, L, H): the segments' rows in order, then any padding rows (a batch kept at a fixed
+        size, whose results are ignored)."""
+        caches = caches or self.caches
+        if len(segments) == 1 and segments[0].size == x.shape[0]:
             x = x + self._position_table[segments[0].pos]  # (L, H), the same for every row
             rows = pos = None
         else:  # each segment's rows at its positions; the cache rows and positions of every row
-            x = x + torch.cat([self._position_table[seg.pos].expand(seg.size, -1, -1) for seg in segments])
+            table = [self._position_table[seg.pos].expand(seg.size, -1, -1) for seg in segments]
+            padding = x.shape[0] - sum(seg.size for seg in segments)
+            x = x + torch.cat(table + ([torch.zeros_like(x[:padding])] if padding else []))
             rows = torch.cat([torch.arange(seg.rows.start, seg.rows.stop) for seg in segments]).to(x.device)
             pos = torch.cat([seg.pos.expand(seg.size, -1) for seg in segments])
-        masks = [self._mask(seg) for seg in segments]
-        for index, (layer, cache) in enumerate(zip(self.layers, self.caches)):
+        masks = [self._mask(seg, caches[0].k.shape[2]) for seg in segments]
+        for index, (layer, cache) in enumerate(zip(self.layers, caches)):
             x = layer(x, cache, segments, masks, rows, pos, index)
         last = layer_norm(x[:, -1], self.final_ln).to(self.dtype)
         return self.heads_out(last).float().view(x.shape[0], self.num_codebooks, self.vocab_out)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from .engine import Engine, Progress, WindowEvent, WindowSettings
 from .errors import MusicGenError, WeightsNotFoundError
 from .request import GenerationRequest
 from .sampling import SamplingParams
+from .scheduler import Scheduler
 from .settings import Settings
 from .stems import StemSeparator
 
@@ -81,26 +84,34 @@ class ProgressLog:
 class MusicGen:
     """A loaded checkpoint ready to serve requests."""
 
-    def __init__(self, engine: Engine, name: str, stems_missing: str | None = None):
+    def __init__(self, engine: Engine, name: str, stems_missing: str | None = None, slots: int = 1):
         """``stems_missing``: why a melody checkpoint cannot separate melody stems (the sentence a melody
-        request fails with), when stem separation is wanted and its weights could not be had."""
+        request fails with), when stem separation is wanted and its weights could not be had. ``slots``:
+        how many requests decode at once (``predict`` may be called from that many threads)."""
         self.engine = engine
         self.name = name
         self.stems_missing = stems_missing
-        # removes the last prediction's directory: when the next one starts, or when this object is
-        # collected, or at exit (weakref.finalize covers the last two without keeping the model alive)
-        self._remove_last_outputs: weakref.finalize | None = None
+        self.scheduler = Scheduler(engine, slots)
+        weakref.finalize(self, self.scheduler.close)  # a dropped model's decode loop ends (and frees it)
+        # the directories of recent predictions' files, each removed once enough later predictions have
+        # started that Cog has surely taken it (the last one when one request runs at a time), when this
+        # object is collected, or at exit (weakref.finalize, without keeping the model alive)
+        self._outputs: deque[weakref.finalize] = deque()
+        self._keep_outputs = 2 * self.scheduler.slots - 1
+        self._outputs_lock = threading.Lock()
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
              windows: WindowSettings | None = None, allow_download: bool = True,
              precision: str | None = None, backend: str = "fast", compile: bool | None = None,
-             settings: Settings | None = None) -> MusicGen:
+             settings: Settings | None = None, concurrency: int | None = None) -> MusicGen:
         """Load ``checkpoint`` (a directory), or the configured model; ``settings`` default to
-        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision`` and ``compile`` override them.
+        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision``, ``compile`` and ``concurrency``
+        (requests decoded at once) override them.
         With ``compile`` the decode step is compiled here, in a warm-up generation."""
         started = time.monotonic()
-        settings = settings or Settings.from_env(device=device, precision=precision, compile=compile)
+        settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
+                                                 concurrency=concurrency)
         path = Path(checkpoint) if checkpoint is not None else hub.locate(settings, allow_download=allow_download)
         if not hub.is_checkpoint(path):
             raise WeightsNotFoundError(
@@ -129,7 +140,9 @@ class MusicGen:
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
                  time.monotonic() - started)
-        return cls(engine, path.name, stems_missing)
+        slots = settings.slots(dev)
+        log.info("decoding up to %d request(s) at once", slots)
+        return cls(engine, path.name, stems_missing, slots)
 
     @property
     def sample_rate(self) -> int:
@@ -159,12 +172,30 @@ class MusicGen:
 
     def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
                 progress: Progress | None = None,
-                on_window: Callable[[WindowEvent], None] | None = None) -> PredictionResult:
+                on_window: Callable[[WindowEvent], None] | None = None,
+                cancel: threading.Event | None = None) -> PredictionResult:
         """Generate the request's music and write it. ``progress`` gets (steps done, steps in total);
-        ``on_window`` each generated window (its tokens and the melody chroma it was conditioned on).
+        ``on_window`` each generated window (its tokens and the melody chroma it was conditioned on);
+        setting ``cancel`` stops the request (``Cancelled``) and frees its place at once. Several threads may
+        predict at once: their requests are decoded together (``musicgen.scheduler``), each giving the bytes
+        it gives alone.
 
-        Without ``output_dir`` each call writes into a fresh temporary directory, and the previous call's
-        directory is removed (its files have been handed over by then)."""
+        Without ``output_dir`` each call writes into a fresh temporary directory, removed once later
+        predictions have started (its files have been handed over by then)."""
+        threads = torch.get_num_threads()
+        if self.scheduler.slots > 1:
+            # Several requests: their own torch work (text encoder, codec, separation) runs single-threaded,
+            # so that the decode loop's thread is the only one with an OpenMP thread team. A second team in
+            # another thread made both about 3x slower on a decode step's small operations (measured on
+            # 2 cores: libgomp throttles its spinning when teams outnumber the cores).
+            torch.set_num_threads(1)
+        try:
+            return self._predict(req, output_dir, progress, on_window, cancel)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _predict(self, req: GenerationRequest, output_dir: str | Path | None, progress: Progress | None,
+                 on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:
         eng = self.engine
         started = time.monotonic()
         seed = req.resolve_seed()
@@ -176,15 +207,21 @@ class MusicGen:
         read = time.monotonic()
 
         generator = torch.Generator(device=eng.device).manual_seed(seed)
-        wav = eng.generate(req.text, req.duration, SamplingParams.of(req), generator, prompt_wav=prompt_wav,
-                           melody_wav=melody_wav, progress=progress or ProgressLog(), on_window=on_window)
+        sequence = eng.sequence(req.text, req.duration, SamplingParams.of(req), generator, prompt_wav=prompt_wav,
+                                melody_wav=melody_wav, progress=progress or ProgressLog(), on_window=on_window)
+        codes = self.scheduler.run(sequence, cancel)
+        decoded = time.monotonic()
+        wav = eng.decode(codes)
         generated = time.monotonic()
+        log.info("tokens %.1f s, audio decoding %.1f s", decoded - read, generated - decoded)
 
         wav = normalize.normalize(wav.numpy(), eng.sample_rate, req.normalization_strategy)
         if output_dir is None:
-            self.release_outputs()
             output_dir = output.new_output_dir()
-            self._remove_last_outputs = weakref.finalize(self, shutil.rmtree, output_dir, True)
+            with self._outputs_lock:
+                self._outputs.append(weakref.finalize(self, shutil.rmtree, output_dir, True))
+                while len(self._outputs) > self._keep_outputs:
+                    self._outputs.popleft()()
         path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
         done = time.monotonic()
         timings = {"audio_in": read - started, "generate": generated - read, "output": done - generated,
@@ -194,8 +231,7 @@ class MusicGen:
         return PredictionResult([path], seed, timings)
 
     def release_outputs(self) -> None:
-        """Remove the directory of the last prediction's files. Cog has uploaded or encoded them by the
-        time the next prediction starts, which is when this runs (and at exit)."""
-        if self._remove_last_outputs is not None:
-            self._remove_last_outputs()
-            self._remove_last_outputs = None
+        """Remove the directories of the recent predictions' files now."""
+        with self._outputs_lock:
+            while self._outputs:
+                self._outputs.popleft()()
