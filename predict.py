@@ -1,4 +1,5 @@
-"""Cog predictor for MusicGen: the 13 inputs of docs/api.md, handed to the musicgen library.
+"""Cog predictor for MusicGen: the 13 inputs of docs/api.md, handed to the musicgen library. Predictions run
+concurrently (an async predict): the library decodes the requests in flight together.
 
 The inputs are defined once, in ``musicgen/inputs.py``. Their ``Input(...)`` arguments are repeated here as
 plain literals because ``cog build`` reads them from this file's source without running it: its static schema
@@ -7,11 +8,13 @@ number literals, and fails on ``choices`` it cannot resolve. tests/test_project.
 the values agree with ``musicgen/inputs.py``.
 """
 
+import asyncio
 import logging
 import sys
+import threading
 from typing import List, Optional
 
-from cog import BasePredictor, Input, Path
+from cog import BasePredictor, Input, Path, concurrent
 
 from musicgen.request import GenerationRequest
 from musicgen.service import MusicGen
@@ -23,7 +26,11 @@ class Predictor(BasePredictor):
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
         self.musicgen = MusicGen.load()
 
-    def predict(
+    # The most predictions Cog runs at once (cog.yaml's concurrency.max says the same; COG_MAX_CONCURRENCY
+    # overrides both at run time, and MUSICGEN_CONCURRENCY, else COG_MAX_CONCURRENCY, sets how many the model
+    # decodes together: docs/api.md). They are decoded together by the library's scheduler.
+    @concurrent(max=8)
+    async def predict(
         self,
         prompt: Optional[str] = Input(
             description="A description of the music you want to generate.", default=None
@@ -84,4 +91,10 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
         )
-        return [Path(p) for p in self.musicgen.predict(request).paths]
+        cancel = threading.Event()
+        try:  # the work runs in a thread (this prediction's logs go with it), the event loop stays free
+            result = await asyncio.to_thread(self.musicgen.predict, request, cancel=cancel)
+        except asyncio.CancelledError:  # Cog's cancel: the request leaves the decode loop at once
+            cancel.set()
+            raise
+        return [Path(p) for p in result.paths]

@@ -9,6 +9,7 @@ predictions, or when any file is left behind.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 import os
@@ -72,7 +73,7 @@ def main() -> int:
     rss = {"start": rss_mib()}
     started = time.monotonic()
     for i in range(args.count):
-        out = predictor.predict(**{**base, **kinds[i % len(kinds)], "seed": i})
+        out = asyncio.run(predictor.predict(**{**base, **kinds[i % len(kinds)], "seed": i}))
         assert Path(out[0]).is_file()
         if i + 1 == min(WARMUP, args.count):
             rss["warm"] = rss_mib()

@@ -35,28 +35,79 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in {"", "none"} else int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="musicgen", description="Generate music with MusicGen.")
-    for spec in INPUTS:  # every predictor input as a flag, with its default and rules
+def _input_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Every predictor input as a flag, with its rules (and its default, or None to leave it unset)."""
+    for spec in INPUTS:
         flag = "--" + spec.name.replace("_", "-")
         if spec.type is bool:
-            p.add_argument(flag, action="store_true", help=spec.description)
+            p.add_argument(flag, action="store_true", default=spec.default if defaults else None,
+                           help=spec.description)
             continue
         kind = _optional_int if spec.type is int and spec.optional else spec.type
-        default = None if spec.name == "output_format" else spec.default
+        default = None if spec.name == "output_format" or not defaults else spec.default
         p.add_argument(flag, type=kind, choices=spec.choices, default=default, help=spec.description)
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output file, or directory (no extension) to write into; default: the current directory; "
-                   "without --output-format the format follows the file's extension (else wav)")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None,
                    help="checkpoint directory (default: MUSICGEN_WEIGHTS or weights/<model>)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: MUSICGEN_DEVICE or auto)")
     p.add_argument("--precision", default=None,
                    help="decode precision: auto, fp32, bf16, fp16, or on CPU int8 or int4 (default: MUSICGEN_PRECISION or auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musicgen", description="Generate music with MusicGen. "
+                                "`musicgen batch --help`: many requests from a file.")
+    _input_flags(p)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output file, or directory (no extension) to write into; default: the current directory; "
+                   "without --output-format the format follows the file's extension (else wav)")
+    _model_flags(p)
     return p
 
 
+def build_batch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musicgen batch", description="Generate every request of a file into a "
+                                "directory, several at once, skipping outputs that exist (resumable).")
+    p.add_argument("requests", type=Path, help="JSON Lines (one object of inputs per line, optional \"name\") "
+                   "or text (one prompt per line)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="directory of the outputs and results.jsonl")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="requests decoded at once (default: MUSICGEN_CONCURRENCY, else the device's default)")
+    _model_flags(p)
+    group = p.add_argument_group("defaults for every request (a line's own inputs win)")
+    _input_flags(group, defaults=False)
+    return p
+
+
+def batch_main(argv: list[str]) -> int:
+    from .batch import run_batch
+
+    args = build_batch_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    defaults = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name) is not None}
+    if not args.requests.is_file():
+        print(f"error: {args.requests} is not a file.", file=sys.stderr)
+        return 2
+    try:
+        from .service import MusicGen  # heavy imports only once the arguments are known to be good
+
+        model = MusicGen.load(args.weights, device=args.device, precision=args.precision, concurrency=args.concurrency)
+        failures = run_batch(model, args.requests, args.output, defaults)
+    except MusicGenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(args.output)
+    if failures:
+        print(f"{failures} request(s) failed: see {args.output / 'results.jsonl'}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["batch"]:
+        return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     fmt = args.output_format

@@ -183,12 +183,12 @@ class MusicGen:
         Without ``output_dir`` each call writes into a fresh temporary directory, removed once later
         predictions have started (its files have been handed over by then)."""
         threads = torch.get_num_threads()
-        if self.scheduler.slots > 1:
-            # Several requests: their own torch work (text encoder, codec, separation) runs single-threaded,
-            # so that the decode loop's thread is the only one with an OpenMP thread team. A second team in
-            # another thread made both about 3x slower on a decode step's small operations (measured on
-            # 2 cores: libgomp throttles its spinning when teams outnumber the cores).
-            torch.set_num_threads(1)
+        # A request's own torch work (text encoder, codec, separation) runs single-threaded, in its caller's
+        # thread: the decode loop's thread is then the only one with an OpenMP thread team (a second team in
+        # another thread made a decode step's small operations about 3x slower, measured on 2 cores:
+        # libgomp throttles its spinning when teams outnumber the cores), and a request's bytes do not
+        # depend on how many requests the deployment decodes at once.
+        torch.set_num_threads(1)
         try:
             return self._predict(req, output_dir, progress, on_window, cancel)
         finally:

@@ -3,6 +3,7 @@ them through the real loading path, and test audio written to disk."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def melody_predictor(checkpoints):
 
 def run(predictor, **inputs) -> Path:
     """Call predict() with every input at its default plus ``inputs``; return the single output path."""
-    out = predictor.predict(**{**DEFAULTS, **inputs})
+    out = asyncio.run(predictor.predict(**{**DEFAULTS, **inputs}))
     assert isinstance(out, list) and len(out) == 1
     return Path(out[0])
 

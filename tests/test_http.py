@@ -316,3 +316,116 @@ def test_outputs_are_uploaded_to_upload_url(checkpoints, receiver):
         assert sr == SR and data.shape[0] == SR
     finally:
         s.stop()
+
+
+# ---------------------------------------------------------------- concurrent predictions (continuous batching)
+@pytest.fixture(scope="module")
+def concurrent_server(checkpoints):
+    s = CogServer(checkpoints["melody"], extra_env={"COG_MAX_CONCURRENCY": "4"})
+    try:
+        s.wait_health()
+        yield s
+    finally:
+        s.stop()
+
+
+def _mixed_requests() -> list[dict]:
+    melody = data_uri(wav_bytes(tone([261.63, 329.63, 392.0], 3.0)))
+    clip = data_uri(wav_bytes(tone([440.0, 330.0], 2.0)))
+    return [
+        {"prompt": "lofi beat", "duration": 3, "seed": 11, "top_k": 50},
+        {"prompt": "piano", "input_audio": melody, "duration": 2, "seed": 12, "top_p": 0.9, "classifier_free_guidance": 1},
+        {"input_audio": clip, "continuation": True, "duration": 2, "seed": 13, "temperature": 0.7},
+        {"prompt": "a long piece", "duration": 32, "seed": 14, "classifier_free_guidance": 3},  # two windows
+    ]
+
+
+def _together(server, requests: list[dict], delays: list[float]) -> list:
+    results = [None] * len(requests)
+
+    def send(i):
+        time.sleep(delays[i])
+        results[i] = server.predict(requests[i], retries_409=0)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results
+
+
+def test_concurrent_requests_give_exactly_what_each_gives_alone(concurrent_server):
+    requests = _mixed_requests()
+    alone = []
+    for inputs in requests:
+        status, body = concurrent_server.predict(inputs)
+        assert status == 200 and body["status"] == "succeeded", body
+        alone.append(body["output"][0])
+    # all four at once, then a late one joining while the long one is mid-window
+    together = _together(concurrent_server, requests, [0, 0, 0, 0])
+    for (status, body), expected in zip(together, alone):
+        assert status == 200 and body["status"] == "succeeded", body
+        assert body["output"][0] == expected  # the same bytes
+    late = _together(concurrent_server, [requests[3], requests[0]], [0, 2.0])
+    assert [body["output"][0] for _, body in late] == [alone[3], alone[0]]
+
+
+def test_cancelling_one_of_four_leaves_the_others_untouched(concurrent_server, receiver):
+    requests = _mixed_requests()
+    expected = {}
+    for i in (0, 1, 2):
+        status, body = concurrent_server.predict(requests[i])
+        expected[i] = body["output"][0]
+    pid = "cancel-one-" + uuid.uuid4().hex[:8]
+    status, _ = concurrent_server.predict({"prompt": "endless", "duration": 300, "seed": 1},
+                                          headers={"Prefer": "respond-async"}, prediction_id=pid,
+                                          webhook=receiver.url + "/hook")
+    assert status == 202
+    receiver.wait_for(lambda: any("generating:" in (e.get("logs") or "") for e in _events_for(receiver, pid)))
+    results = {}
+
+    def send(i):
+        results[i] = concurrent_server.predict(requests[i], retries_409=0)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in (0, 1, 2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert request("POST", f"{concurrent_server.url}/predictions/{pid}/cancel")[0] == 200
+    for t in threads:
+        t.join(timeout=600)
+    receiver.wait_for(lambda: any(e["status"] == "canceled" for e in _events_for(receiver, pid)), timeout=60)
+    for i in (0, 1, 2):
+        status, body = results[i]
+        assert status == 200 and body["status"] == "succeeded" and body["output"][0] == expected[i], body
+
+
+def test_the_fifth_concurrent_request_gets_409(concurrent_server):
+    results = {}
+
+    def send(i):
+        results[i] = concurrent_server.predict({"prompt": "busy", "duration": 40, "seed": 3}, retries_409=0)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(600):  # until the four slots are taken
+        if request("GET", concurrent_server.url + "/health-check")[1]["status"] == "BUSY":
+            break
+        time.sleep(0.05)
+    status, body = request("POST", concurrent_server.url + "/predictions", {"input": {"duration": 1}})
+    for t in threads:
+        t.join(timeout=600)
+    assert status == 409, body
+    outputs = {results[i][1]["output"][0] for i in range(4)}
+    assert len(outputs) == 1  # the same seed four times side by side: the same bytes
+
+
+def test_a_failing_request_harms_none_of_the_others(concurrent_server):
+    requests = _mixed_requests()
+    expected = [concurrent_server.predict(requests[i])[1]["output"][0] for i in (0, 2)]
+    bad = {"input_audio": data_uri(b"definitely not audio\n" * 50, "text/plain"), "continuation": True, "duration": 1}
+    results = _together(concurrent_server, [requests[0], bad, requests[2]], [0, 0.2, 0])
+    assert results[1][1]["status"] == "failed" and "could not be decoded as audio" in results[1][1]["error"]
+    assert [results[i][1]["output"][0] for i in (0, 2)] == expected

@@ -5,6 +5,7 @@ command, settings, and setup() without weights."""
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import json
 import os
@@ -92,7 +93,7 @@ def test_predict_py_is_readable_by_cogs_static_schema_generator():
     description one string literal (an implicitly concatenated one would reach the schema with quotes)."""
     source = (ROOT / "predict.py").read_text()
     predict = next(node for node in ast.walk(ast.parse(source))
-                   if isinstance(node, ast.FunctionDef) and node.name == "predict")
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "predict")
     calls = [d for d in predict.args.defaults if isinstance(d, ast.Call)]
     assert len(calls) == len(INPUTS) and all(getattr(c.func, "id", None) == "Input" for c in calls)
     for call in calls:
@@ -128,6 +129,11 @@ def test_cog_yaml_is_valid_against_cogs_schema():
     assert str(config["build"]["python_version"]) == "3.11"
     assert config["predict"] == "predict.py:Predictor"
     assert (ROOT / config["build"]["python_requirements"]).is_file()
+    # concurrent predictions: an async predict whose decorator says what cog.yaml says
+    from predict import Predictor
+
+    assert inspect.iscoroutinefunction(Predictor.predict)
+    assert Predictor.predict.__cog_concurrent_max__ == config["concurrency"]["max"] == 8
 
 
 def test_every_requirement_is_pinned():
