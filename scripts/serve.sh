@@ -12,4 +12,6 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export COG_PREDICT_TYPE_STUB="predict.py:Predictor"
 export PORT="${PORT:-5000}"
+# Cog's slots follow the model's (MUSICGEN_CONCURRENCY) unless COG_MAX_CONCURRENCY is set
+export COG_MAX_CONCURRENCY="${COG_MAX_CONCURRENCY:-${MUSICGEN_CONCURRENCY:-1}}"
 exec python -m cog.server.http --host "${HOST:-127.0.0.1}" "$@"
