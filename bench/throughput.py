@@ -65,8 +65,7 @@ def library(checkpoint: Path, clients_list: list[int], seconds: int) -> None:
 
     base = None
     for clients in clients_list:
-        os.environ["MUSICGEN_CONCURRENCY"] = str(clients)
-        model = MusicGen.load(checkpoint, device="cpu")
+        model = MusicGen.load(checkpoint, device="cpu", concurrency=clients)
         model.predict(GenerationRequest(prompt="warm up", duration=1, seed=0))
         wall, latencies = run_clients(
             lambda seed: model.predict(GenerationRequest(prompt="lofi hip hop beat", duration=seconds, seed=seed)),
@@ -74,7 +73,6 @@ def library(checkpoint: Path, clients_list: list[int], seconds: int) -> None:
         speed = report("library", clients, wall, latencies, seconds, base)
         base = base or speed
         model.scheduler.close()
-        del model
 
 
 def http(checkpoint: Path, clients_list: list[int], seconds: int) -> None:
