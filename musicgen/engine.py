@@ -26,7 +26,7 @@ from .backends import Backend, FastBackend, ReferenceBackend
 from .codec import Codec
 from .conditioning import Conditioner
 from .sampling import SamplingParams
-from .sequence import Sequence, WindowEvent
+from .sequence import Cancelled, Sequence, WindowEvent
 from .stems import StemSeparator
 
 log = logging.getLogger(__name__)
@@ -165,18 +165,26 @@ class Engine:
         """A request's generation ready to decode (``run`` it, or hand it to a scheduler): the text encoded,
         the continuation prompt trimmed to whole frames and encoded, the melody's chroma source separated."""
         prompt_codes = self.encode(self.whole_frames(prompt_wav)) if prompt_wav is not None else None
+        return self._sequence(text, seconds * self.frame_rate, params, generator, prompt_codes, melody_wav,
+                              progress, on_window, note)
+
+    def _sequence(self, text, n_new, params, generator, prompt_codes, melody_wav, progress, on_window,
+                  note) -> Sequence:
         melody = self.melody_source(melody_wav) if melody_wav is not None else None
-        return Sequence(self, self.conditioner.encode_text(text), seconds * self.frame_rate, params, generator,
-                        prompt_codes, melody, progress, on_window, note or log.info)
+        return Sequence(self, self.conditioner.encode_text(text), n_new, params, generator, prompt_codes, melody,
+                        progress, on_window, note or log.info)
 
     @torch.inference_mode()
-    def run(self, sequence: Sequence) -> torch.Tensor:
-        """Decode a sequence to its end on this engine's backend; its codes (K, P + n_new)."""
+    def run(self, sequence: Sequence, cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Decode a sequence to its end on this engine's backend; its codes (K, P + n_new). ``cancelled``
+        is asked before every step (True: ``Cancelled``)."""
         while not sequence.done:
             window = sequence.next_window()
             self.backend.start(window.cond, window.length)
             sequence.consume(self.backend.prefill(window.prefill_ids()))
             while not window.done:
+                if cancelled is not None and cancelled():
+                    raise Cancelled("cancelled")
                 sequence.consume(self.backend.step(window.step_ids()))
             sequence.finish_window()
         return sequence.codes()
@@ -222,9 +230,8 @@ class Engine:
         (melody checkpoints) ``melody_wav`` ((channels, samples) or (samples,)) at the model's rate. Returns
         the codes of the whole clip, prompt included: (K, P + n_new). Durations past one window are generated
         window by window."""
-        melody = self.melody_source(melody_wav) if melody_wav is not None else None
-        return self.run(Sequence(self, self.conditioner.encode_text(text), n_new, params, generator, prompt_codes,
-                                 melody, progress, on_window, log.info))
+        return self.run(self._sequence(text, n_new, params, generator, prompt_codes, melody_wav, progress,
+                                       on_window, None))
 
     def melody_source(self, melody_wav: torch.Tensor) -> torch.Tensor:
         """What the chroma is computed on, mono (samples,): the ``vocals`` + ``other`` stems of the melody

@@ -28,16 +28,12 @@ import torch
 from .backends import FastBackend
 from .decoder import Segment
 from .kv_cache import KVCache
-from .sequence import Sequence
+from .sequence import Cancelled, Sequence
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_SLOT = 2  # conditional + unconditional
 CACHE_BUCKET = 256  # the cache length grows in steps of this many positions (a longer melody prefix)
-
-
-class Cancelled(Exception):
-    """The request was cancelled before it finished."""
 
 
 class Job:
@@ -188,18 +184,8 @@ class Scheduler:
 
     def _run_alone(self, job: Job) -> None:
         """One request, start to end, on the engine's own backend (checking for cancellation every step)."""
-        sequence, backend = job.sequence, self.engine.backend
         try:
-            while not sequence.done:
-                window = sequence.next_window()
-                backend.start(window.cond, window.length)
-                sequence.consume(backend.prefill(window.prefill_ids()))
-                while not window.done:
-                    if job.cancelled.is_set():
-                        raise Cancelled("cancelled")
-                    sequence.consume(backend.step(window.step_ids()))
-                sequence.finish_window()
-            self._leave(job, sequence.codes())
+            self._leave(job, self.engine.run(job.sequence, job.cancelled.is_set))
         except Exception as exc:
             self._leave(job, error=exc)
 

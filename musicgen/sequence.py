@@ -19,6 +19,10 @@ from .conditioning import Conditioning, TextStates
 from .sampling import SamplingParams, apply_cfg, sample_next
 
 
+class Cancelled(Exception):
+    """The request was cancelled before it finished."""
+
+
 @dataclass(frozen=True)
 class WindowEvent:
     """One generated window, reported to ``on_window``."""

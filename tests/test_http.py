@@ -345,7 +345,7 @@ def _together(server, requests: list[dict], delays: list[float]) -> list:
 
     def send(i):
         time.sleep(delays[i])
-        results[i] = server.predict(requests[i], retries_409=0)
+        results[i] = server.predict(requests[i], retries_409=30)  # a slot is released a moment after its end
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -386,7 +386,7 @@ def test_cancelling_one_of_four_leaves_the_others_untouched(concurrent_server, r
     results = {}
 
     def send(i):
-        results[i] = concurrent_server.predict(requests[i], retries_409=0)
+        results[i] = concurrent_server.predict(requests[i], retries_409=30)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in (0, 1, 2)]
     for t in threads:
@@ -405,7 +405,7 @@ def test_the_fifth_concurrent_request_gets_409(concurrent_server):
     results = {}
 
     def send(i):
-        results[i] = concurrent_server.predict({"prompt": "busy", "duration": 40, "seed": 3}, retries_409=0)
+        results[i] = concurrent_server.predict({"prompt": "busy", "duration": 40, "seed": 3}, retries_409=30)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
     for t in threads:

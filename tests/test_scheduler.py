@@ -92,3 +92,22 @@ def test_a_cancelled_request_leaves_at_once_and_the_others_finish(checkpoints):
         assert scheduler.active == [None, None] and not scheduler.waiting
     finally:
         scheduler.close()
+
+
+def test_a_backend_that_cannot_batch_serves_requests_one_after_another(checkpoints):
+    """transformers' modules (and the CUDA-graph step) decode one request at a time through the same loop."""
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    engine = Engine(model, tokenizer, backend="reference")
+    scheduler = Scheduler(engine, 4)
+    try:
+        assert not scheduler.batching and scheduler.slots == 1
+        requests = _requests(engine)[:2]
+        alone = [engine.run(_sequence(engine, r)) for r in requests]
+        jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
+        assert all(torch.equal(job.wait(), a) for job, a in zip(jobs, alone))
+        endless = scheduler.submit(_sequence(engine, ("endless", 300, SamplingParams(), 5, None, None)))
+        endless.cancel()
+        with pytest.raises(Cancelled):
+            endless.wait()
+    finally:
+        scheduler.close()
