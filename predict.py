@@ -25,6 +25,7 @@ class Predictor(BasePredictor):
         """Load the configured checkpoint (MUSICGEN_MODEL / MUSICGEN_WEIGHTS / MUSICGEN_DEVICE / ...)."""
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
         self.musicgen = MusicGen.load()
+        self.musicgen.serve_metrics()  # Prometheus metrics for autoscaling, when MUSICGEN_METRICS_PORT is set
 
     # The most predictions Cog runs at once (cog.yaml's concurrency.max says the same; COG_MAX_CONCURRENCY
     # overrides both at run time, and MUSICGEN_CONCURRENCY, else COG_MAX_CONCURRENCY, sets how many the model

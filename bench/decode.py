@@ -1,13 +1,21 @@
-"""Decode speed: transformers ``generate()`` vs our engine, side by side in one process, on the same
-random-weight model with real MusicGen shapes (built from configs, nothing downloaded).
+"""Decode speed and quality: our engine in each precision against transformers' MusicGen as it comes (fp32)
+and with the one-line speed-up a user would pick on the device (CPU: PyTorch's dynamic int8 quantization of
+the decoder's linears; GPU: fp16), side by side in one process, on one random-weight model with real
+MusicGen shapes (built from configs, nothing downloaded).
 
-Both sides generate the same number of frames with text conditioning and CFG 3 (two batch rows), top-k 250
-sampling; only token generation is timed (the EnCodec decode that transformers runs inside generate() is
-skipped on both sides). Ours runs in each precision the device supports; greedy tokens of the reduced
-precisions are compared with our fp32 tokens (agreement). The last line is
-``ratio=<ours/transformers steps per second> steps_per_s=<ours>`` for our default precision.
+Speed: every side generates the same number of frames with text conditioning and CFG 3 (two batch rows),
+top-k 250 sampling; only token generation is timed (the EnCodec decode that transformers runs inside
+generate() is skipped), prefill included.
 
-    .venv/bin/python bench/decode.py [--preset small] [--melody] [--seconds 2] [--device cpu|cuda]
+Quality: along our fp32 greedy trajectory (fp32 is transformers' logits, see the parity tests), each
+precision is fed the same tokens and its next-token distribution (after guidance) compared with fp32's at
+every generated cell: mean KL(fp32 || precision) in nats and top-1 agreement. The int8 peer is measured the
+same way.
+
+The last line is ``ratio=<ours / the fastest peer> steps_per_s=<ours>`` for our default precision.
+
+    .venv/bin/python bench/decode.py [--preset small|medium] [--melody] [--seconds 2] [--device cpu|cuda]
+                                     [--head-scale 1] [--compile]
 """
 
 from __future__ import annotations
@@ -19,13 +27,15 @@ import time
 
 import torch
 
-
-from musicgen_dev.checkpoints import build_random_model
 from musicgen.engine import Engine
-from musicgen.sampling import SamplingParams
+from musicgen.sampling import SamplingParams, apply_cfg
+from musicgen.sequence import Sequence
 from musicgen.settings import default_precision
+from musicgen_dev.checkpoints import build_random_model
+from musicgen_dev.peers import make_peer, peer_names
 
 TEXT = "80s pop track with bassy drums and synth"
+CFG = 3.0
 
 
 def peak_rss_mib() -> float:
@@ -37,14 +47,15 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_reference(model, tokenizer, frames: int, delay: int, device) -> tuple[float, torch.Tensor]:
+def time_transformers(model, tokenizer, frames: int, device) -> float:
+    """Steps per second of transformers' generate() (the EnCodec decode inside it skipped)."""
+    delay = model.decoder.num_codebooks - 1
     inputs = {k: v.to(device) for k, v in tokenizer([TEXT], return_tensors="pt").items()}
-    captured = []
     original = model.audio_encoder.decode
-    model.audio_encoder.decode = lambda codes, *a, **k: captured.append(codes) or type("O", (), {"audio_values": torch.zeros(1, 1, 1)})()
+    model.audio_encoder.decode = lambda codes, *a, **k: type("O", (), {"audio_values": torch.zeros(1, 1, 1)})()
     try:
         with torch.inference_mode():
-            kwargs = dict(do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + delay)
+            kwargs = dict(do_sample=True, top_k=250, guidance_scale=CFG, max_new_tokens=frames + delay)
             model.generate(**inputs, **dict(kwargs, max_new_tokens=8))  # warm-up
             sync(device)
             started = time.perf_counter()
@@ -53,17 +64,55 @@ def time_reference(model, tokenizer, frames: int, delay: int, device) -> tuple[f
             elapsed = time.perf_counter() - started
     finally:
         model.audio_encoder.decode = original
-    return (frames + delay) / elapsed, captured[-1]
+    return (frames + delay) / elapsed
 
 
 def time_ours(engine: Engine, frames: int, device) -> float:
-    params = SamplingParams(temperature=1.0, top_k=250, cfg_scale=3.0)
+    params = SamplingParams(temperature=1.0, top_k=250, cfg_scale=CFG)
     engine.generate_codes(TEXT, 8, params, torch.Generator(device=device).manual_seed(0))  # warm-up
     sync(device)
     started = time.perf_counter()
     engine.generate_codes(TEXT, frames, params, torch.Generator(device=device).manual_seed(0))
     sync(device)
     return (frames + engine.max_delay) / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def trajectory(engine: Engine, frames: int, forced: list[torch.Tensor] | None = None):
+    """Greedy decoding of ``frames`` frames on ``engine`` — or, with ``forced``, the decode inputs of another
+    run fed instead of its own choices. Returns the inputs fed after the prefill and, per call, the guided
+    log-probabilities (K, vocab) with the codebooks whose cell is generated there (K,) bool."""
+    greedy = SamplingParams(temperature=0.0, cfg_scale=CFG)
+    window = Sequence(engine, engine.conditioner.encode_text(TEXT), frames, greedy).next_window()
+    engine.backend.start(window.cond, window.length)
+    logits = engine.backend.prefill(window.prefill_ids())
+    fed, steps = [], []
+    while True:
+        generated = (window.s >= window.first_free) & (window.s < window.last_free)
+        steps.append((torch.log_softmax(apply_cfg(logits[0], logits[1], CFG).float(), dim=-1).cpu(), generated.cpu()))
+        window.consume(logits)
+        if window.done:
+            return fed, steps
+        ids = window.step_ids().clone() if forced is None else forced[len(fed)]
+        fed.append(ids)
+        logits = engine.backend.step(ids)
+
+
+def divergence(reference, other) -> tuple[float, float]:
+    """Mean KL(reference || other) over the generated cells, and how often their most likely tokens agree."""
+    kl, agree, cells = 0.0, 0, 0
+    for (ref, mask), (out, _) in zip(reference, other):
+        ref, out = ref[mask], out[mask]
+        kl += (ref.exp() * (ref - out)).sum().item()
+        agree += (ref.argmax(-1) == out.argmax(-1)).sum().item()
+        cells += int(mask.sum())
+    return kl / cells, agree / cells
+
+
+def entropy(steps) -> float:
+    """Mean entropy of the distributions at the generated cells, in nats."""
+    total = sum(-(lp[m].exp() * lp[m]).sum().item() for lp, m in steps)
+    return total / sum(int(m.sum()) for _, m in steps)
 
 
 def main() -> int:
@@ -74,51 +123,72 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true",
                         help="also time the default precision with the decode step compiled (reports compile time)")
+    parser.add_argument("--head-scale", type=float, default=1.0,
+                        help="multiply the codebook heads' random weights by this: sharper distributions, nearer a "
+                             "trained model's entropy (random weights give near-uniform ones)")
     args = parser.parse_args()
     device = torch.device(args.device)
     frames = int(args.seconds * 50)
 
     t = time.perf_counter()
     model, tokenizer = build_random_model(melody=args.melody, preset=args.preset, seed=0)
+    with torch.no_grad():
+        for head in model.decoder.lm_heads:
+            head.weight.mul_(args.head_scale)
     model = model.to(device)
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} melody={args.melody} "
+          f"head_scale={args.head_scale:g} "
           f"decoder_params={sum(p.numel() for p in model.decoder.parameters()) / 1e6:.0f}M "
-          f"frames={frames} build_s={time.perf_counter() - t:.1f}")
-    delay = model.decoder.num_codebooks - 1
-
-    ref_sps, _ = time_reference(model, tokenizer, frames, delay, device)
-    print(f"transformers generate() fp32: {ref_sps:.2f} steps/s ({1000 / ref_sps:.1f} ms/step, "
-          f"{50 / ref_sps:.2f} s per s of audio) peak_rss={peak_rss_mib():.0f}MiB")
+          f"frames={frames} build_s={time.perf_counter() - t:.1f}", flush=True)
+    fp32_peer, fast_peer = peer_names(device)
+    peers = {fp32_peer: time_transformers(model, tokenizer, frames, device)}
+    print(f"transformers {fp32_peer}: {peers[fp32_peer]:.2f} steps/s ({1000 / peers[fp32_peer]:.1f} ms/step) "
+          f"peak_rss={peak_rss_mib():.0f}MiB", flush=True)
 
     precisions = ["fp32", "bf16", "int8", "int4"] if device.type == "cpu" else ["fp32", "bf16", "fp16"]
     default = default_precision(device)
-    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
-    results, reference_tokens = {}, None
+    results, reference, forced = {}, None, None
     for precision in precisions:
         t = time.perf_counter()
         engine = Engine(model, tokenizer, backend="fast", precision=precision)
         prep = time.perf_counter() - t
         sps = time_ours(engine, frames, device)
-        tokens = engine.generate_codes(TEXT, frames, greedy)
-        if reference_tokens is None:
-            reference_tokens = tokens
-        agreement = (tokens == reference_tokens).float().mean().item()
+        fed, steps = trajectory(engine, frames, forced)
+        if reference is None:
+            reference, forced = steps, fed
+            print(f"fp32 greedy trajectory: {len(fed) + 1} calls, mean entropy of the guided next-token "
+                  f"distribution {entropy(reference):.2f} nats (uniform over the codebook: "
+                  f"{torch.log(torch.tensor(float(steps[0][0].shape[-1]))).item():.2f}; random weights are "
+                  f"flatter than a trained model's)", flush=True)
+        kl, top1 = divergence(reference, steps)
         results[precision] = sps
         print(f"ours {precision}: {sps:.2f} steps/s ({1000 / sps:.1f} ms/step, {50 / sps:.2f} s per s of audio) "
-              f"x{sps / ref_sps:.2f} vs transformers, greedy agreement with fp32 {agreement * 100:.1f}%, "
-              f"weight prep {prep:.1f}s, peak_rss={peak_rss_mib():.0f}MiB")
+              f"x{sps / peers[fp32_peer]:.2f} vs transformers fp32, KL from fp32 {kl:.2e} nats, "
+              f"top-1 agreement {top1 * 100:.1f}%, weight prep {prep:.1f}s, peak_rss={peak_rss_mib():.0f}MiB",
+              flush=True)
         del engine
     if args.compile:
         engine = Engine(model, tokenizer, backend="fast", precision=default, compile=True)
         t = time.perf_counter()
-        engine.generate_codes(TEXT, 8, greedy)  # compiles
+        engine.generate_codes(TEXT, 8, SamplingParams(temperature=0.0, cfg_scale=CFG))  # compiles
         compile_s = time.perf_counter() - t
         sps = time_ours(engine, frames, device)
         print(f"ours {default} + torch.compile: {sps:.2f} steps/s ({1000 / sps:.1f} ms/step) "
-              f"x{sps / ref_sps:.2f} vs transformers, compile {compile_s:.0f}s")
+              f"x{sps / peers[fp32_peer]:.2f} vs transformers fp32, compile {compile_s:.0f}s", flush=True)
+        del engine
+
+    model = make_peer(model, fast_peer)
+    peers[fast_peer] = time_transformers(model, tokenizer, frames, device)
+    _, steps = trajectory(Engine(model, tokenizer, backend="reference"), frames, forced)
+    kl, top1 = divergence(reference, steps)
+    print(f"transformers {fast_peer}: {peers[fast_peer]:.2f} steps/s ({1000 / peers[fast_peer]:.1f} ms/step), "
+          f"KL from fp32 {kl:.2e} nats, top-1 agreement {top1 * 100:.1f}%", flush=True)
+
+    best = max(peers, key=peers.get)
     ours = results[default]
-    print(f"default precision on {device.type}: {default} (not compiled)")
-    print(f"ratio={ours / ref_sps:.2f} steps_per_s={ours:.2f}")
+    print(f"default precision on {device.type}: {default} (not compiled); fastest peer: transformers {best} "
+          f"({peers[best]:.2f} steps/s); ours x{ours / peers[fp32_peer]:.2f} vs transformers fp32")
+    print(f"ratio={ours / peers[best]:.2f} steps_per_s={ours:.2f}")
     return 0
 
 

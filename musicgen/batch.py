@@ -1,10 +1,10 @@
-"""Batch generation: a file of requests into a directory of outputs, decoded concurrently through the
-scheduler, resumable.
+"""Batch generation: a file of requests into a directory (or fsspec URL) of outputs, decoded concurrently
+through the scheduler, resumable. :mod:`musicgen.distributed` runs the same job over a Ray cluster.
 
 The requests file is JSON Lines (one object per line with any of the 13 inputs, ``input_audio`` a path
 relative to the file, and an optional ``name`` for the output file) or plain text (one prompt per line).
 Each output is ``<name>.<format>`` (default name: the line number, ``0001``), written under a temporary name
-and renamed, so it exists once and whole; outputs that exist are skipped, so an interrupted job resumes where
+and renamed (:mod:`musicgen.store`), so it exists once and whole; outputs that exist are skipped, so an interrupted job resumes where
 it stopped. ``results.jsonl`` in the output directory records every request's file, seed and time, or its
 error sentence (a bad line fails alone).
 """
@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MusicGenError
 from .inputs import SPECS
 from .request import GenerationRequest
 from .scheduler import Cancelled
+from .store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def read_requests(path: Path, defaults: dict | None = None) -> list[BatchItem | 
     return items
 
 
-class _Bar:
+class ProgressBar:
     """One progress line over the whole job, on stderr."""
 
     def __init__(self, total: int, width: int = 30):
@@ -91,40 +90,74 @@ class _Bar:
             sys.stderr.flush()
 
 
-def run_batch(model, requests_file: Path, output_dir: Path, defaults: dict | None = None,
-              workers: int | None = None) -> int:
-    """Generate every request of ``requests_file`` not yet in ``output_dir`` with ``model`` (a loaded
-    MusicGen), ``workers`` at a time (default: its scheduler's slots). Returns how many failed."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    items = read_requests(requests_file, defaults)
-    results_path = output_dir / "results.jsonl"
-    results_lock = threading.Lock()
+def output_name(item: BatchItem) -> str:
+    return f"{item.name}.{item.inputs.get('output_format', SPECS['output_format'].default)}"
 
-    def record(entry: dict) -> None:
-        with results_lock, open(results_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
 
-    failures = 0
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-    pending = 0
+@dataclass
+class Summary:
+    """What a batch run did, for its closing log line."""
+
+    requests: int = 0
+    skipped: int = 0
+    generated: int = 0
+    failed: int = 0
+    audio_seconds: float = 0.0
+    retried: int = 0  # jobs sent again after their worker failed
+    worker_failures: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self, workers: str) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = 60 * self.generated / elapsed if elapsed > 0 else 0.0
+        text = (f"batch done: {self.generated} generated ({self.audio_seconds:.0f} s of audio) in {elapsed:.1f} s "
+                f"on {workers}, {rate:.1f} clips/min; {self.skipped} already done, {self.failed} failed")
+        if self.worker_failures or self.retried:
+            text += f"; {self.worker_failures} worker failure(s), {self.retried} job(s) retried"
+        return text
+
+
+def plan(items: list[BatchItem | MusicGenError], store: OutputStore, summary: Summary) -> list[BatchItem]:
+    """The requests still to generate: a line that is not a request is recorded as failed, one whose output
+    exists (an earlier run's) is skipped."""
+    todo = []
+    summary.requests = len(items)
     for item in items:
         if isinstance(item, MusicGenError):
-            failures += 1
-            record({"error": str(item)})
-            continue
-        fmt = item.inputs.get("output_format", SPECS["output_format"].default)
-        if (output_dir / f"{item.name}.{fmt}").exists():
-            continue  # done by an earlier run
-        todo.put(item)
-        pending += 1
-    skipped = len(items) - pending - failures
-    log.info("batch: %d requests, %d already done, %d to generate", len(items), skipped, pending)
-    if not pending:
-        return failures
-    bar = _Bar(pending)
-    failed = [0]
-    scratch = Path(tempfile.mkdtemp(prefix=".musicgen-batch-", dir=output_dir))
+            summary.failed += 1
+            store.record({"error": str(item)})
+        elif store.exists(output_name(item)):
+            summary.skipped += 1
+        else:
+            todo.append(item)
+    log.info("batch: %d requests, %d already done, %d to generate", len(items), summary.skipped, len(todo))
+    return todo
 
+
+def generate(model, inputs: dict, scratch: Path, cancel: threading.Event | None = None) -> tuple[Path, int, int]:
+    """One request of a batch with a loaded MusicGen: (the written file in ``scratch``, its seed, its
+    duration in seconds). Raises MusicGenError for a bad request."""
+    request = GenerationRequest(**inputs)
+    result = model.predict(request, output_dir=scratch, progress=lambda done, total: None, cancel=cancel)
+    return result.paths[0], result.seed, request.duration
+
+
+def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | None = None,
+              workers: int | None = None) -> int:
+    """Generate every request of ``requests_file`` not yet in ``output`` (a directory or fsspec URL) with
+    ``model`` (a loaded MusicGen), ``workers`` at a time (default: its scheduler's slots). Returns how many
+    failed."""
+    store = OutputStore(output)
+    summary = Summary()
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for item in plan(read_requests(requests_file, defaults), store, summary):
+        todo.put(item)
+    if todo.empty():
+        store.close()
+        return summary.failed
+    bar = ProgressBar(todo.qsize())
+    scratch = store.scratch()
+    lock = threading.Lock()
     stop = threading.Event()
 
     def worker() -> None:
@@ -135,20 +168,23 @@ def run_batch(model, requests_file: Path, output_dir: Path, defaults: dict | Non
                 return
             started = time.monotonic()
             try:
-                request = GenerationRequest(**item.inputs)
-                result = model.predict(request, output_dir=scratch, progress=lambda done, total: None, cancel=stop)
-                target = output_dir / f"{item.name}.{request.output_format}"
-                os.replace(result.paths[0], target)  # atomic: the output appears whole, once
-                record({"name": item.name, "file": target.name, "seed": result.seed,
-                        "seconds": round(time.monotonic() - started, 2)})
+                path, seed, seconds = generate(model, item.inputs, scratch, stop)
+                store.put_file(path, output_name(item))  # atomic: the output appears whole, once
+                store.record({"name": item.name, "file": output_name(item), "seed": seed,
+                              "seconds": round(time.monotonic() - started, 2)})
+                with lock:
+                    summary.generated += 1
+                    summary.audio_seconds += seconds
             except MusicGenError as exc:
-                failed[0] += 1
-                record({"name": item.name, "line": item.line, "error": str(exc)})
+                store.record({"name": item.name, "line": item.line, "error": str(exc)})
+                with lock:
+                    summary.failed += 1
             except Cancelled:
                 return
             bar.advance()
 
-    threads = [threading.Thread(target=worker, name=f"musicgen-batch-{i}") for i in range(workers or model.scheduler.slots)]
+    count = workers or model.scheduler.slots
+    threads = [threading.Thread(target=worker, name=f"musicgen-batch-{i}") for i in range(count)]
     for t in threads:
         t.start()
     try:
@@ -162,4 +198,6 @@ def run_batch(model, requests_file: Path, output_dir: Path, defaults: dict | Non
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return failures + failed[0]
+        store.close()
+    log.info(summary.line(f"{count} slot(s) of one process"))
+    return summary.failed

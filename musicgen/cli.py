@@ -72,9 +72,20 @@ def build_batch_parser() -> argparse.ArgumentParser:
                                 "directory, several at once, skipping outputs that exist (resumable).")
     p.add_argument("requests", type=Path, help="JSON Lines (one object of inputs per line, optional \"name\") "
                    "or text (one prompt per line)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="directory of the outputs and results.jsonl")
+    p.add_argument("-o", "--output", required=True,
+                   help="directory, or fsspec URL (s3://bucket/run, ...), of the outputs and results.jsonl")
     p.add_argument("--concurrency", type=int, default=None,
-                   help="requests decoded at once (default: MUSICGEN_CONCURRENCY, else the device's default)")
+                   help="requests decoded at once (per worker with --ray; default: MUSICGEN_CONCURRENCY, else the "
+                   "device's default)")
+    ray = p.add_argument_group("on a Ray cluster (pip install '.[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run the job on Ray: join the cluster at ADDRESS (auto, host:6379, ray://host:10001), "
+                     "or start a local one when no address is given")
+    ray.add_argument("--actors", type=int, default=None,
+                     help="Ray workers, each holding a loaded model (default: one per GPU, else one per "
+                     "--cpus-per-actor CPUs of the cluster)")
+    ray.add_argument("--cpus-per-actor", type=int, default=None,
+                     help="CPU cores of each worker on CPU clusters (default: 4, or fewer on a smaller cluster)")
     _model_flags(p)
     group = p.add_argument_group("defaults for every request (a line's own inputs win)")
     _input_flags(group, defaults=False)
@@ -91,16 +102,26 @@ def batch_main(argv: list[str]) -> int:
         print(f"error: {args.requests} is not a file.", file=sys.stderr)
         return 2
     try:
-        from .service import MusicGen  # heavy imports only once the arguments are known to be good
+        if args.ray is not None:
+            from .distributed import RayBatch, import_ray
 
-        model = MusicGen.load(args.weights, device=args.device, precision=args.precision, concurrency=args.concurrency)
-        failures = run_batch(model, args.requests, args.output, defaults)
+            import_ray()  # the missing extra is said before anything loads
+            failures = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
+                                precision=args.precision, concurrency=args.concurrency, actors=args.actors,
+                                cpus_per_actor=args.cpus_per_actor,
+                                address=None if args.ray == "local" else args.ray).run()
+        else:
+            from .service import MusicGen  # heavy imports only once the arguments are known to be good
+
+            model = MusicGen.load(args.weights, device=args.device, precision=args.precision,
+                                  concurrency=args.concurrency)
+            failures = run_batch(model, args.requests, args.output, defaults)
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(args.output)
     if failures:
-        print(f"{failures} request(s) failed: see {args.output / 'results.jsonl'}", file=sys.stderr)
+        print(f"{failures} request(s) failed: see {args.output.rstrip('/')}/results.jsonl", file=sys.stderr)
     return 1 if failures else 0
 
 

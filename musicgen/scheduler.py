@@ -74,11 +74,11 @@ class Job:
         progress, note, on_window = self._callbacks
         try:
             while True:
+                if cancel is not None and cancel.is_set():  # checked whether events flow or not
+                    self.cancel()
                 try:
                     event = self.events.get(timeout=0.05)
                 except queue.Empty:
-                    if cancel is not None and cancel.is_set():
-                        self.cancel()
                     continue
                 if event[0] == "end":
                     break

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import audio_io, hub, loading, normalize, output
+from . import audio_io, hub, loading, metrics, normalize, output
 from .engine import Engine, Progress, WindowEvent, WindowSettings
 from .errors import MusicGenError, WeightsNotFoundError
 from .request import GenerationRequest
@@ -190,9 +190,18 @@ class MusicGen:
         # depend on how many requests the deployment decodes at once.
         torch.set_num_threads(1)
         try:
-            return self._predict(req, output_dir, progress, on_window, cancel)
+            with metrics.track():
+                result = self._predict(req, output_dir, progress, on_window, cancel)
+            metrics.generated(req.duration)
+            return result
         finally:
             torch.set_num_threads(threads)
+
+    def serve_metrics(self, settings: Settings | None = None) -> None:
+        """Serve Prometheus metrics (:mod:`musicgen.metrics`) when MUSICGEN_METRICS_PORT is set."""
+        port = (settings or Settings.from_env()).metrics_port
+        if port:
+            metrics.serve(port, self.scheduler.slots)
 
     def _predict(self, req: GenerationRequest, output_dir: str | Path | None, progress: Progress | None,
                  on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:

@@ -57,8 +57,11 @@ class Settings:
     melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
+    metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.metrics)
 
     def __post_init__(self) -> None:
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise MusicGenError(f"MUSICGEN_METRICS_PORT must be a port number (1-65535), got {self.metrics_port}.")
         if self.device not in DEVICES:
             raise MusicGenError(f"MUSICGEN_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}.")
         if self.precision not in PRECISIONS:
@@ -80,6 +83,7 @@ class Settings:
             melody_stems=_switch("MUSICGEN_MELODY_STEMS", env.get("MUSICGEN_MELODY_STEMS"), True),
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
             concurrency=_count("MUSICGEN_CONCURRENCY", env.get("MUSICGEN_CONCURRENCY") or env.get("COG_MAX_CONCURRENCY")),
+            metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -1,0 +1,68 @@
+"""Prometheus metrics of a serving process (``MUSICGEN_METRICS_PORT``): what an autoscaler needs.
+
+Cog's own ``/health-check`` says only READY or BUSY; scaling on load needs how many predictions are running,
+so the predictor serves, on its own port (``GET /metrics``, Prometheus' text format, ``prometheus-client``):
+
+- ``musicgen_requests_in_flight`` — predictions running now (decoding, or waiting for a slot);
+- ``musicgen_slots`` — requests the model decodes at once;
+- ``musicgen_requests_total{outcome}`` — finished predictions: ``succeeded``, ``failed`` (a bad input or an
+  error), ``canceled``;
+- ``musicgen_audio_seconds_total`` — seconds of music generated.
+
+The Kubernetes HorizontalPodAutoscaler in ``deploy/kubernetes/`` keeps the average of
+``musicgen_requests_in_flight`` per replica at cog.yaml's ``concurrency.default_target``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from prometheus_client import Counter, Gauge
+from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = Gauge("musicgen_requests_in_flight", "Predictions running now (decoding, or waiting for a slot).")
+SLOTS = Gauge("musicgen_slots", "Requests the model decodes at once.")
+REQUESTS = Counter("musicgen_requests", "Finished predictions, by outcome.", ["outcome"])
+AUDIO_SECONDS = Counter("musicgen_audio_seconds", "Seconds of music generated.")
+for _outcome in ("succeeded", "failed", "canceled"):
+    REQUESTS.labels(_outcome)  # every series exists from the start, at 0
+
+_served: dict[int, object] = {}
+_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def track():
+    """Count one prediction while it runs; the caller reports its audio with :func:`generated`."""
+    from .scheduler import Cancelled
+
+    IN_FLIGHT.inc()
+    outcome = "failed"
+    try:
+        yield
+        outcome = "succeeded"
+    except Cancelled:
+        outcome = "canceled"
+        raise
+    finally:
+        IN_FLIGHT.dec()
+        REQUESTS.labels(outcome).inc()
+
+
+def generated(seconds: float) -> None:
+    AUDIO_SECONDS.inc(seconds)
+
+
+def serve(port: int, slots: int, host: str = "0.0.0.0") -> None:
+    """Serve /metrics on ``port`` (once per process; a second call for the same port does nothing)."""
+    SLOTS.set(slots)
+    with _lock:
+        if port in _served:
+            return
+        server, _thread = start_http_server(port, addr=host)
+        _served[port] = server
+    log.info("metrics on http://%s:%d/metrics", host, port)
