@@ -87,9 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe == "drain":
         url = args.metrics_url or f"http://127.0.0.1:{os.environ.get('MUSICGEN_METRICS_PORT', '9090')}/metrics"
         deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
+        idle = 0  # two readings of nothing running, a second apart: a request Cog has just taken reaches
+        while time.monotonic() < deadline:  # predict() (and the metric) a moment later
             running = in_flight(url)
-            if not running:  # 0, or no metrics to wait on
+            if running is None:
+                return 0  # no metrics to wait on
+            idle = idle + 1 if running == 0 else 0
+            if idle >= 2:
                 return 0
             time.sleep(1.0)
         return 1

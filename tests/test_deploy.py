@@ -133,6 +133,8 @@ def test_probes_and_metrics_against_the_running_server(checkpoints, tmp_path):
         deadline = time.monotonic() + 60
         while request("GET", server.url + "/health-check")[1]["status"] != "BUSY" and time.monotonic() < deadline:
             time.sleep(0.05)
+        while _metric(metrics_port, "musicgen_requests_in_flight") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # Cog takes the slot a moment before predict() runs
         assert _metric(metrics_port, "musicgen_requests_in_flight") == 1
         assert _probe("readiness", server.url, metrics_port, tmp_path) == 1  # full: out of the Service
         assert _probe("liveness", server.url, metrics_port, tmp_path) == 0  # busy is alive...
