@@ -103,6 +103,14 @@ class Conditioner:
             states = states.repeat(1, math.ceil(length / states.shape[1]), 1)
         return states[:, :length]
 
+    def null_prefix(self) -> torch.Tensor | None:
+        """Melody checkpoints: the embedded null melody (1, chroma length, H) that begins the prefix of every
+        request without a melody and of every unconditional row (None for other checkpoints)."""
+        if not self.is_melody:
+            return None
+        with torch.no_grad():
+            return self._melody_states(None, 1)
+
     def condition(self, text: TextStates, melody_chroma: torch.Tensor | None, cfg_scale: float) -> Conditioning:
         """The conditional row and, when guidance changes anything, the unconditional row (null text, null
         melody)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +236,8 @@ class FastDecoder:
             self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype, device)  # (K*V, H)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
         self.caches: list[KVCache] = []
+        self._shared_prefix: torch.Tensor | None = None  # (1, P, H) positions many prefills begin with
+        self._shared_kv: list[KVCache] | None = None  # their keys/values, computed on first use
         self.text: list[CrossKV] | None = None  # the static step's persistent text buffers
         self._position_table: torch.Tensor | None = None
         self._key_positions: torch.Tensor | None = None
@@ -343,7 +345,39 @@ class FastDecoder:
         x = self.embed(ids)
         if prefix is not None:
             x = torch.cat([prefix.to(self.residual_dtype), x], dim=1)
+        shared = self._shared_length(prefix, segment)
+        if shared:  # those positions' keys/values are known: copy them, compute only the rest
+            caches = caches or self.caches
+            for cache, known in zip(caches, self._shared_states()):
+                cache.k[segment.rows, :, :shared] = known.k
+                cache.v[segment.rows, :, :shared] = known.v
+            x, segment = x[:, shared:], replace(segment, pos=segment.pos[shared:])
         return self._forward(x, [segment], caches)
+
+    def share_prefix(self, prefix: torch.Tensor | None) -> None:
+        """Embedded prefix positions (1, P, H) that many prefills begin with (a melody checkpoint's null
+        melody: every request without a melody, and every unconditional row). Their keys and values depend
+        on nothing after them (causal attention), so they are computed once, on first use, and copied into
+        each prefill whose rows all begin with exactly these values instead of being computed again."""
+        self._shared_prefix, self._shared_kv = prefix, None
+
+    def _shared_length(self, prefix: torch.Tensor | None, segment: Segment) -> int:
+        shared = self._shared_prefix
+        if shared is None or prefix is None or prefix.shape[1] < shared.shape[1] or int(segment.pos[0]) != 0:
+            return 0
+        head = prefix[:, : shared.shape[1]]
+        return shared.shape[1] if head.dtype == shared.dtype and torch.equal(head, shared.expand_as(head)) else 0
+
+    def _shared_states(self) -> list[KVCache]:
+        if self._shared_kv is None:
+            length = self._shared_prefix.shape[1]
+            self.setup_positions(length)
+            caches = [KVCache(1, self.attention.heads, length, self.attention.head_dim, self.state_dtype,
+                              self.device) for _ in self.layers]
+            segment = Segment(slice(0, 1), torch.arange(length, device=self.device), length)
+            self._forward(self._shared_prefix.to(self.device, self.residual_dtype), [segment], caches)
+            self._shared_kv = caches
+        return self._shared_kv
 
     def step(self, ids: torch.Tensor, segments: list[Segment], caches: list[KVCache] | None = None) -> torch.Tensor:
         """One column ``ids`` (rows, K, 1) for the segments' rows, in order; the static step reads the whole

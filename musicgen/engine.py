@@ -73,6 +73,8 @@ class Engine:
             self.backend = FastBackend(model.decoder, precision, compile, static_step,
                                        window_len=self.window_frames + self.max_delay + 1,
                                        compile_backend=compile_backend, device=self.codec.device)
+            if precision != "fp32":  # fp32 stays the parity reference: every position computed, as transformers does
+                self.backend.decoder.share_prefix(self.conditioner.null_prefix())
         elif backend == "reference":
             self.backend = ReferenceBackend(model.decoder)
         else:

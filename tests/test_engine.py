@@ -425,3 +425,46 @@ def test_fp16_decoding_stays_finite_and_close_to_fp32(checkpoints, kind):
         assert (half - full).abs().max() < 2e-2 * full.abs().max()
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     assert (fp16.generate_codes(TEXT, 40, greedy) == fp32.generate_codes(TEXT, 40, greedy)).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_the_null_melody_prefix_is_computed_once_and_changes_nothing(checkpoints, static):
+    """int8 (the CPU default): a melody checkpoint's null-melody positions (every request without a melody,
+    every unconditional row) get their keys/values copied from one computation. A prefill gives exactly the
+    logits and the cache it gives computing them (each row's int8 GEMM does not depend on the others), and
+    whole generations the same tokens (several windows, with and without guidance, and with a real melody,
+    which computes its own). fp32, the parity reference, computes every position."""
+    from musicgen.decoder import Segment
+
+    model, tokenizer = load(checkpoints["melody"], torch.device("cpu"))
+    windows = WindowSettings(window_s=1.0, stride_s=0.6)
+    shared = Engine(model, tokenizer, windows, precision="int8", static_step=static)
+    computed = Engine(model, tokenizer, windows, precision="int8", static_step=static)
+    computed.backend.decoder.share_prefix(None)
+
+    null = shared.conditioner.null_prefix()
+    text = torch.randn(1, 5, null.shape[-1], generator=torch.Generator().manual_seed(0))
+    prefix = torch.cat([torch.cat([null, text], 1), torch.cat([null, torch.zeros_like(text)], 1)])
+    ids = torch.randint(0, 2048, (2, shared.num_codebooks, 3), generator=torch.Generator().manual_seed(1))
+    length = prefix.shape[1] + ids.shape[-1]
+    results = []
+    for engine in (shared, computed):
+        decoder = engine.backend.decoder
+        decoder.setup_caches(2, length + 8)
+        logits = decoder.prefill(ids, Segment(slice(0, 2), torch.arange(length), length), prefix)
+        results.append((logits, [(c.k[:, :, :length].clone(), c.v[:, :, :length].clone()) for c in decoder.caches]))
+    assert torch.equal(results[0][0], results[1][0])
+    for (k0, v0), (k1, v1) in zip(results[0][1], results[1][1]):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert shared.backend.decoder._shared_kv is not None and computed.backend.decoder._shared_kv is None
+
+    melody = torch.from_numpy(tone([262.0, 330.0, 392.0], 3.0)).float()
+    for cfg, melody_wav in ((3.0, None), (1.0, None), (3.0, melody)):
+        params = SamplingParams(top_k=50, cfg_scale=cfg)
+        codes = [engine.generate_codes(TEXT, 120, params, torch.Generator().manual_seed(5), melody_wav=melody_wav)
+                 for engine in (shared, computed)]
+        assert torch.equal(codes[0], codes[1]), (cfg, melody_wav is not None)
+
+    reference = Engine(model, tokenizer, windows, precision="fp32", static_step=static)
+    reference.generate_codes(TEXT, 10, SamplingParams(temperature=0.0))
+    assert reference.backend.decoder._shared_kv is None
