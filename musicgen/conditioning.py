@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import MusicGenError
+from .quant import one_thread
 
 # SentencePiece pieces are at most 16 characters long, so a prompt this many times longer than the token
 # limit is certainly over it: refused without tokenizing it
@@ -108,7 +109,7 @@ class Conditioner:
         request without a melody and of every unconditional row (None for other checkpoints)."""
         if not self.is_melody:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():  # as condition() runs (sequence.py): the same bits
             return self._melody_states(None, 1)
 
     def condition(self, text: TextStates, melody_chroma: torch.Tensor | None, cfg_scale: float) -> Conditioning:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_cache import CrossKV, KVCache
-from .quant import PRECISIONS, Linear, compute_dtype, stack
+from .quant import PRECISIONS, Linear, compute_dtype, one_thread, stack
 
 # the static step rounds the KV cache length and the text length up to these, so that the few shapes a
 # deployment sees each get one compiled graph (and one CUDA graph)
@@ -313,7 +313,10 @@ class FastDecoder:
         # fully masked rows (the null condition) attend uniformly over zero states, as transformers does
         additive = torch.where(mask.bool(), 0.0, torch.finfo(self.state_dtype).min)
         additive = additive.to(self.state_dtype)[:, None, None, :]
-        fresh = [layer.text_kv(states, additive) for layer in self.layers]
+        # once per window; on one core, so that its float32 GEMM (a few text rows) gives the same bits on any
+        # machine: its result steers every later step
+        with one_thread():
+            fresh = [layer.text_kv(states, additive) for layer in self.layers]
         if not self.static:
             return fresh
         # persistent buffers while the bucket lasts, with the text length dynamic: one graph for every bucket

@@ -7,6 +7,7 @@ kernel is weight-only. int4 (CPU): asymmetric groups of ``INT4_GROUP`` input cha
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -35,6 +36,20 @@ def cpu_has_vnni() -> bool:
     """True on CPUs whose int8 dot products accumulate straight into int32 (AVX512-VNNI, AVX-VNNI, AMX):
     there the int8 kernel can use the activations' full 8 bits without saturating."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run this thread's torch CPU work on one core (PyTorch's OpenMP thread count is per thread). Some
+    float32 kernels sum in an order that depends on the thread count (MKL's GEMM at a few odd row counts,
+    measured), so work whose result must not depend on the machine's cores runs here, with its bytes then
+    the same on any machine; it also keeps a second OpenMP team away from the decode loop's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def int8_dynamic_available() -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .conditioning import Conditioning, TextStates
+from .quant import one_thread
 from .sampling import SamplingParams, apply_cfg, sample_next
 
 
@@ -120,10 +121,11 @@ class Sequence:
         self.context = self.context[:, self.context.shape[1] - ctx_len :]
         windowed = len(self.plan) > 1
         if self.cond is None or (self.melody is not None and windowed):  # the melody at the window's time
-            if self.melody is not None:
-                self.chroma = engine.melody_chroma(self.melody, self.end - ctx_len,
-                                                   engine.window_frames if windowed else None)
-            self.cond = engine.conditioner.condition(self.text, self.chroma, self.params.cfg_scale)
+            with one_thread():  # in the decode loop's thread: the same bits whatever its thread count
+                if self.melody is not None:
+                    self.chroma = engine.melody_chroma(self.melody, self.end - ctx_len,
+                                                       engine.window_frames if windowed else None)
+                self.cond = engine.conditioner.condition(self.text, self.chroma, self.params.cfg_scale)
         if windowed and self.note is not None:
             self.note(f"window {self.index + 1}/{len(self.plan)}: {ctx_len} frames of context, {n} new frames")
         self.window = WindowRun(engine, self.cond, self.context, n, self.params, self.generator)

@@ -20,6 +20,7 @@ import torch
 from . import audio_io, hub, loading, metrics, normalize, output
 from .engine import Engine, Progress, WindowEvent, WindowSettings
 from .errors import MusicGenError, WeightsNotFoundError
+from .quant import one_thread
 from .request import GenerationRequest
 from .sampling import SamplingParams
 from .scheduler import Scheduler
@@ -182,20 +183,15 @@ class MusicGen:
 
         Without ``output_dir`` each call writes into a fresh temporary directory, removed once later
         predictions have started (its files have been handed over by then)."""
-        threads = torch.get_num_threads()
         # A request's own torch work (text encoder, codec, separation) runs single-threaded, in its caller's
         # thread: the decode loop's thread is then the only one with an OpenMP thread team (a second team in
         # another thread made a decode step's small operations about 3x slower, measured on 2 cores:
-        # libgomp throttles its spinning when teams outnumber the cores), and a request's bytes do not
-        # depend on how many requests the deployment decodes at once.
-        torch.set_num_threads(1)
-        try:
-            with metrics.track():
-                result = self._predict(req, output_dir, progress, on_window, cancel)
-            metrics.generated(req.duration)
-            return result
-        finally:
-            torch.set_num_threads(threads)
+        # libgomp throttles its spinning when teams outnumber the cores), and a request's bytes depend
+        # neither on how many requests the deployment decodes at once nor on the machine's cores.
+        with one_thread(), metrics.track():
+            result = self._predict(req, output_dir, progress, on_window, cancel)
+        metrics.generated(req.duration)
+        return result
 
     def serve_metrics(self, settings: Settings | None = None) -> None:
         """Serve Prometheus metrics (:mod:`musicgen.metrics`) when MUSICGEN_METRICS_PORT is set."""

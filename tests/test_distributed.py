@@ -155,3 +155,26 @@ def test_without_ray_the_command_says_how_to_install_it(jobs, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {RAY_MISSING}"
+
+
+def test_a_request_gives_the_same_bytes_on_one_core_or_two(tmp_path_factory):
+    """Workers on machines with other core counts give the single-process bytes: everything whose float sums
+    depend on the thread count (MKL's GEMM at a few odd row counts: the text projection, the cross-attention
+    keys/values) runs on one core. Real musicgen-small shapes, where a thread-dependent sum was seen to flip
+    a token at step 6 of this request."""
+    from musicgen_dev.checkpoints import build_random_checkpoint
+
+    checkpoint = build_random_checkpoint(tmp_path_factory.mktemp("small") / "model", preset="small", seed=0)
+    code = ("import hashlib, sys, torch\n"
+            "torch.set_num_threads(int(sys.argv[1]))\n"
+            "from musicgen import GenerationRequest, MusicGen\n"
+            "model = MusicGen.load(sys.argv[2], device='cpu', concurrency=1)\n"
+            "path = model.predict(GenerationRequest(prompt='lofi beat 1', duration=1, seed=1)).paths[0]\n"
+            "print(hashlib.sha256(path.read_bytes()).hexdigest())\n")
+    digests = []
+    for threads in (1, 2):
+        done = subprocess.run([sys.executable, "-c", code, str(threads), str(checkpoint)], capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(done.stdout.strip().splitlines()[-1])
+    assert digests[0] == digests[1]
