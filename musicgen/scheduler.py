@@ -180,6 +180,9 @@ class Scheduler:
 
     def _leave(self, job: Job, codes: torch.Tensor | None = None, error: BaseException | None = None) -> None:
         self.active[job.slot] = None
+        if isinstance(error, Cancelled):
+            log.info("request cancelled after %d of %d steps; its slot is free", job.sequence.steps,
+                     job.sequence.total_steps)
         job.finish(codes, error)
 
     def _run_alone(self, job: Job) -> None:

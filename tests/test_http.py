@@ -275,6 +275,12 @@ def test_cancel_stops_generation_and_next_request_succeeds(server, receiver):
     final = [e for e in _events_for(receiver, pid) if e["status"] == "canceled"][-1]
     done, total = map(int, re.findall(r"generating: (\d+)/(\d+) steps", final["logs"])[-1])
     assert done < total  # it stopped mid-generation instead of running to the end
+    # and the decode loop really let it go (Cog reports `canceled` at once, whatever the worker does)
+    deadline = time.monotonic() + 30
+    while "request cancelled after" not in server.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left, planned = map(int, re.findall(r"request cancelled after (\d+) of (\d+) steps", server.logs())[-1])
+    assert left < planned == total
     status, body = server.predict({"duration": 1, "seed": 7}, retries_409=30)
     assert status == 200 and body["status"] == "succeeded", body
 
