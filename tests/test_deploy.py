@@ -66,9 +66,12 @@ def test_the_manifests_agree_with_cog_yaml_and_each_other():
     assert int(target["target"]["averageValue"]) == cog["concurrency"]["default_target"] < cog["concurrency"]["max"]
     assert int(env["MUSICGEN_METRICS_PORT"]) == ports["metrics"]
     assert ports["http"] == 5000  # where Cog's server listens in the image
-    service = _kind("Service")["spec"]
-    assert service["type"] == "ClusterIP"
-    assert {p["targetPort"] for p in service["ports"]} == set(ports)
+    services = {doc["metadata"]["name"]: doc["spec"] for _, doc in _documents() if doc["kind"] == "Service"}
+    assert services["musicgen"]["type"] == "ClusterIP"
+    assert {p["targetPort"] for p in services["musicgen"]["ports"]} == set(ports)
+    assert services["musicgen-pods"]["clusterIP"] == "None"  # headless: each pod, for async predictions
+    assert all(spec["selector"] == _kind("Deployment")["spec"]["selector"]["matchLabels"]
+               for spec in services.values())
     policy = _kind("NetworkPolicy")["spec"]
     assert sorted(p["port"] for rule in policy["ingress"] for p in rule["ports"]) == sorted(ports.values())
     assert policy["podSelector"] == _kind("Deployment")["spec"]["selector"]
