@@ -98,7 +98,6 @@ def output_name(item: BatchItem) -> str:
 class Summary:
     """What a batch run did, for its closing log line."""
 
-    requests: int = 0
     skipped: int = 0
     generated: int = 0
     failed: int = 0
@@ -121,7 +120,6 @@ def plan(items: list[BatchItem | MusicGenError], store: OutputStore, summary: Su
     """The requests still to generate: a line that is not a request is recorded as failed, one whose output
     exists (an earlier run's) is skipped."""
     todo = []
-    summary.requests = len(items)
     for item in items:
         if isinstance(item, MusicGenError):
             summary.failed += 1

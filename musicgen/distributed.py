@@ -108,7 +108,7 @@ def _reason(exc: BaseException) -> str:
     """The last meaningful line of a Ray error (its cause's sentence)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in reversed(lines):
-        if "Error" in line.split(":")[0] or "error" in line.split(":")[0]:
+        if "error" in line.split(":")[0].lower():
             return line
     return lines[-1] if lines else type(exc).__name__
 
@@ -161,7 +161,7 @@ class RayBatch:
         return self.address is None
 
     def _layout(self, pending: int) -> tuple[str, int, dict]:
-        """(worker device, number of workers, Ray resources of each)."""
+        """(worker device, number of workers, what each gets: Ray resources, torch threads, scheduler slots)."""
         resources = self._ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         device = self.device if self.device not in (None, "auto") else ("cuda" if gpus else "cpu")
@@ -174,23 +174,21 @@ class RayBatch:
             per = max(1, self.cpus_per_actor or min(4, cpus))
             count, options = self.actors or max(1, cpus // per), {"num_cpus": per}
             threads = per
+        import torch
+
+        from .settings import Settings
+
         options["threads"] = threads
+        options["slots"] = Settings.from_env(device=device, concurrency=self.concurrency).slots(torch.device(device))
         return device, max(1, min(count, pending)), options
 
     def _start(self, slot: _Slot, device: str, options: dict) -> None:
-        ray = self._ray
-        from .settings import Settings
-
-        import torch
-
-        slots = Settings.from_env(device=device, concurrency=self.concurrency).slots(torch.device(device))
-        remote = ray.remote(Worker).options(
+        remote = self._ray.remote(Worker).options(
             num_cpus=options["num_cpus"], num_gpus=options.get("num_gpus", 0),
-            max_concurrency=slots + 1, max_restarts=0, max_task_retries=0,
-            name=None)
+            max_concurrency=options["slots"] + 1, max_restarts=0, max_task_retries=0)
         slot.actor = remote.remote(self.weights, device, self.precision, self.concurrency, options["threads"])
         slot.generation += 1
-        slot.capacity, slot.info = slots, None
+        slot.capacity, slot.info = options["slots"], None
         slot.info_ref = slot.actor.info.remote()
 
     def pids(self) -> list[int]:
