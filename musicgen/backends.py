@@ -10,6 +10,7 @@ import torch
 
 from .conditioning import Conditioning
 from .decoder import FastDecoder, Segment
+from .graphs import GraphStep, warn_fallback
 
 log = logging.getLogger(__name__)
 
@@ -59,70 +60,74 @@ class ReferenceBackend:
 
 class FastBackend:
     """The lean decoder of ``musicgen.decoder``; positions are tracked here, on the host (the extent of the
-    cache to read) and as a device tensor (the step's input, updated in place)."""
+    cache to read) and as a device tensor (the step's input, updated in place).
+
+    With ``static`` (default: on CUDA) the step is the fixed-shape one of ``musicgen.graphs`` (one slot:
+    CUDA graphs on CUDA), the form the scheduler decodes every request in; else the segments' step, which
+    reads only the filled part of the cache (cheapest on a CPU)."""
 
     def __init__(self, hf_decoder, precision: str, compile: bool, static: bool | None, window_len: int,
                  compile_backend="inductor", device: torch.device | None = None):
-        """``window_len``: token columns in a full window; a static step always allocates that much cache."""
-        self.decoder = FastDecoder(hf_decoder, precision, compile=compile, static=static,
+        """``window_len``: token columns in a full window (the fixed-shape step's cache holds that much)."""
+        self.decoder = FastDecoder(hf_decoder, precision, compile=compile and not static,
                                    compile_backend=compile_backend, device=device)
+        self.static = self.decoder.device.type == "cuda" if static is None else static
+        self.compile = compile
         self.window_len = window_len
+        self.graph: GraphStep | None = None  # the one-slot fixed-shape step, made on first use
         self._pos = torch.zeros(1, dtype=torch.long, device=self.decoder.device)
 
+    def graph_step(self, slots: int, length: int) -> GraphStep:
+        """A fixed-shape step of ``slots`` slots over this decoder, compiled when the backend is."""
+        return GraphStep(self.decoder, slots, length, compile=self.compile)
+
     def start(self, cond: Conditioning, length: int) -> None:
-        self.rows = cond.rows
-        if self.decoder.static:
-            # one cache shape (one compiled graph) for every request length, and always the two rows of
-            # guidance: a request without it runs its row twice (decoding reads the weights once either way)
-            length = max(length, self.window_len)
-            cond = _with_rows(cond, STATIC_ROWS)
-        self.prefix = cond.prefix
+        self.rows, self.prefix, self.filled = cond.rows, cond.prefix, 0
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
+        text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
+        if self.static:
+            if self.graph is None:
+                self.graph = self.graph_step(1, max(length, self.window_len) + prefix_len)
+                self.graph.record()
+            self.graph.ensure(prefix_len + length)
+            self.text = self.graph.start(0, self.rows, text)
+            return
         self.decoder.setup_caches(cond.rows, prefix_len + length)
-        self.text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
-        self.filled = 0
-
-    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids if ids.shape[0] == self.decoder_rows else ids[:1].expand(self.decoder_rows, -1, -1)
-
-    @property
-    def decoder_rows(self) -> int:
-        return STATIC_ROWS if self.decoder.static else self.rows
-
-    def _segment(self, pos: torch.Tensor) -> Segment:
-        return Segment(slice(0, self.decoder_rows), pos, None if self.decoder.static else self.filled, self.text)
+        self.text = text
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         length = ids.shape[-1] + (0 if self.prefix is None else self.prefix.shape[1])
+        if self.static:
+            self.filled = length
+            return self.graph.prefill(0, ids, self.prefix, self.text)
         pos = torch.arange(self.filled, self.filled + length, device=self.decoder.device)
         self.filled += length
-        return self.decoder.prefill(self._rows(ids), self._segment(pos), self.prefix)[: self.rows]
+        return self.decoder.prefill(ids, Segment(slice(0, self.rows), pos, self.filled, self.text), self.prefix)
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        self._pos.fill_(self.filled)
         self.filled += 1
-        ids, segment = self._rows(ids), self._segment(self._pos)
         try:
-            logits = self.decoder.step(ids, [segment])
+            return self._step(ids)
         except Exception as exc:  # a compiler failure after warm-up: decode eagerly from here on
-            if not self.decoder.compiled:
+            if not self.compiled:
                 raise
-            log.warning("the compiled decode step failed (%s: %s); decoding without torch.compile from now on",
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            self.decoder.disable_compile()
-            logits = self.decoder.step(ids, [segment])
-        return logits[: self.rows]
+            warn_fallback(exc, "decoding without torch.compile from now on")
+            self.disable_compile()
+            return self._step(ids)
 
+    def _step(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.static:
+            self.graph.set_column(0, ids)
+            return self.graph.decode(1, self.filled)[: self.rows]
+        self._pos.fill_(self.filled - 1)
+        return self.decoder.step(ids, [Segment(slice(0, self.rows), self._pos, self.filled, self.text)])
 
-STATIC_ROWS = 2  # conditional + unconditional
+    @property
+    def compiled(self) -> bool:
+        return self.graph.compiled if self.static and self.graph is not None else self.decoder.compiled
 
-
-def _with_rows(cond: Conditioning, rows: int) -> Conditioning:
-    """``cond`` with its first row repeated up to ``rows`` rows."""
-    if cond.rows == rows:
-        return cond
-
-    def grow(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[:1].expand(rows, *t.shape[1:])
-
-    return Conditioning(rows, grow(cond.text_states), grow(cond.text_mask), grow(cond.prefix))
+    def disable_compile(self) -> None:
+        self.compile = False
+        self.decoder.disable_compile()
+        if self.graph is not None:
+            self.graph.disable_compile()

@@ -4,9 +4,10 @@ gpt-fast's recipe applied to MusicGen: the transformers decoder's weights are co
 tensors (q/k/v fused, the codebook heads stacked into one matrix, optionally bf16/fp16, int8 or int4: see
 ``musicgen.quant``), the self-attention cache (``musicgen.kv_cache``) is allocated once per window shape, the
 text cross-attention keys/values are computed once per window, and there are two entry points over one
-forward: ``prefill`` (the prompt, after an optional embedded prefix) and ``step`` (one column). Positions are
-tensors in both; the step reads the filled part of the cache (``kv_len``, cheapest on a CPU) or, in the
-static form that CUDA graphs capture, the whole cache under a mask, with every shape fixed.
+forward: ``prefill`` (the prompt, after an optional embedded prefix) and ``step`` (one column of several
+segments, each reading the filled part of its own cache rows: exact whoever else decodes, cheapest on a CPU).
+A third entry, ``fixed_step``, is the form CUDA graphs capture (``musicgen.graphs``): one column for every row
+at once, each row at its own position (a device tensor), shapes fixed by the caller's buckets, no host sync.
 
 The math is the same as transformers' (pre-LayerNorm blocks, exact GELU, sinusoidal positions, sum of
 codebook embeddings); in fp32 it reproduces its logits up to float summation order.
@@ -24,12 +25,6 @@ import torch.nn.functional as F
 from .kv_cache import CrossKV, KVCache
 from .quant import PRECISIONS, Linear, compute_dtype, one_thread, stack
 
-# the static step rounds the KV cache length and the text length up to these, so that the few shapes a
-# deployment sees each get one compiled graph (and one CUDA graph)
-STATIC_CACHE_BUCKET = 256
-STATIC_TEXT_BUCKET = 64
-
-
 @dataclass(frozen=True)
 class Segment:
     """One sequence of a decoder call (a request's rows: conditional, and unconditional with guidance), all
@@ -37,7 +32,7 @@ class Segment:
 
     rows: slice  # its rows of the KV cache
     pos: torch.Tensor  # (L,) the positions of its L tokens
-    kv_len: int | None  # keys to read: its positions below kv_len (None: the whole cache, under a mask)
+    kv_len: int  # keys to read: its positions below kv_len
     text: list[CrossKV] | None = None  # cross-attention checkpoints: its text's keys/values, per layer
 
     @property
@@ -58,10 +53,13 @@ def layer_norm(x: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor, float]) 
 class Attention:
     """Multi-head attention arithmetic shared by the self- and cross-attention of every layer."""
 
-    def __init__(self, hidden: int, heads: int, state_dtype: torch.dtype):
+    def __init__(self, hidden: int, heads: int, state_dtype: torch.dtype, fused: bool = False):
+        """``fused``: every call takes PyTorch's fused kernel (on CUDA: its softmax runs in float32 whatever
+        the state dtype, and one kernel beats two matmuls)."""
         self.hidden, self.heads, self.head_dim = hidden, heads, hidden // heads
         self.state_dtype = state_dtype  # keys, values and scores
         self.scale = self.head_dim**-0.5
+        self.fused = fused
 
     def split(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, heads, L, D)
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
@@ -74,7 +72,7 @@ class Attention:
         """softmax(q k^T / sqrt(D) + mask) v, with an additive float mask. One query position takes two
         small matmuls (cheaper than a fused kernel's set-up at decode time; scores as keys @ q^T so the
         cached keys are read in place, softmax in float32); several take the fused kernel."""
-        if q.shape[2] > 1:
+        if q.shape[2] > 1 or self.fused:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         # q is scaled before the product (as transformers and audiocraft do): fp16 scores cannot overflow
         scores = torch.matmul(keys, (q * self.scale).transpose(-1, -2)).transpose(-1, -2).float()
@@ -110,13 +108,18 @@ class Layer:
         self.dtype = dtype
 
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (in the state dtype), keys and values of ``x``, each (rows, heads, L, D)."""
+        att = self.attention
+        q, k, v = self.qkv(self._norm(x, self.ln_self)).split(att.hidden, dim=-1)
+        return att.split(q).to(att.state_dtype), att.split(k), att.split(v)
+
     def self_attention(self, x: torch.Tensor, cache: KVCache, segments: list[Segment],
                        masks: list[torch.Tensor | None], rows: torch.Tensor | None, pos: torch.Tensor | None) -> torch.Tensor:
         """``x`` holds the segments' rows in order (``rows``/``pos``: their cache rows and positions, for
         several segments). Each segment attends to its own keys, exactly as it would alone."""
         att = self.attention
-        q, k, v = self.qkv(self._norm(x, self.ln_self)).split(att.hidden, dim=-1)
-        q, k, v = att.split(q).to(att.state_dtype), att.split(k), att.split(v)
+        q, k, v = self._qkv(x)
         if rows is None:
             keys, values = cache.update(segments[0].pos, k, v, segments[0].rows)
         else:  # rows past the segments' are padding: nothing to store, nothing to attend to
@@ -124,6 +127,25 @@ class Layer:
         out = self._per_segment(q, segments, lambda seg, i, q_seg: att(
             q_seg, keys[seg.rows, :, : seg.kv_len], values[seg.rows, :, : seg.kv_len], masks[i]))
         return self.out(att.merge(out).to(self.dtype))
+
+    def fixed(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, kv_len: int, mask: torch.Tensor,
+              text: CrossKV | None) -> torch.Tensor:
+        """One column for every row of ``x`` (R, 1, H) at once (``fixed_step``): the first ``pos.shape[0]``
+        rows are the cache's rows at positions ``pos``, each attending to its first ``kv_len`` keys under
+        ``mask`` and to its own row of ``text``; the rest are idle rows (their attention is zero). The
+        matmuls always see all R rows."""
+        att = self.attention
+        active = pos.shape[0]
+        q, k, v = self._qkv(x)
+        rows = torch.arange(active, device=x.device)
+        cache.update(pos[:, None], k[:active], v[:active], rows)
+        out = att(q[:active], cache.k[:active, :, :kv_len], cache.v[:active, :, :kv_len], mask)
+        x = x + self.out(att.merge(_pad_rows(out, x.shape[0])).to(self.dtype))
+        if text is not None:
+            q = att.split(self.q_cross(self._norm(x, self.ln_cross))).to(att.state_dtype)
+            out = att(q[:active], text.k[:active], text.v[:active], text.mask[:active])
+            x = x + self.out_cross(att.merge(_pad_rows(out, x.shape[0])).to(self.dtype))
+        return x + self.mlp(x)
 
     @staticmethod
     def _per_segment(q: torch.Tensor, segments: list[Segment], attend) -> torch.Tensor:
@@ -175,6 +197,14 @@ class Layer:
         return x + self.mlp(x)
 
 
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``rows`` (written without a branch on the sizes, so that a
+    compiled step keeps one graph whether rows are idle or not)."""
+    out = x.new_zeros(rows, *x.shape[1:])
+    out[: x.shape[0]] = x
+    return out
+
+
 def _build_layers(hf_layers, precision: str, dtype: torch.dtype, attention: Attention, cross: bool,
                   residual_dtype: torch.dtype, device: torch.device) -> list[Layer]:
     """Convert the layers on as many threads as PyTorch uses: packing int8 weights for the quantized
@@ -191,65 +221,60 @@ def _build_layers(hf_layers, precision: str, dtype: torch.dtype, attention: Atte
 class FastDecoder:
     """Prefill and one-column decode steps for a MusicGen (or MusicGen-Melody) decoder."""
 
-    def __init__(self, hf_decoder, precision: str = "fp32", compile: bool = False, static: bool | None = None,
+    def __init__(self, hf_decoder, precision: str = "fp32", compile: bool = False,
                  compile_backend: str | Callable = "inductor", device: torch.device | None = None):
-        """``compile``: run the one-column step through ``torch.compile`` (fuses the small ops between the
-        matmuls; the first steps pay the compile time, minutes on a small CPU), with ``compile_backend``.
-
-        ``static`` (default: when compiling on CUDA): the step keeps every shape fixed for a window — the
-        cache is allocated at the window's bucketed length and read whole under a mask, the text is padded
-        to its bucket — so the compiled step can be captured as a CUDA graph (``mode="reduce-overhead"``)
-        and replayed without per-step launch overhead. The weights, the cache, the position tables and the
-        text keys/values are marked as static addresses (read in place, never copied into the graph), and
-        the cache and text lengths as dynamic, so that one compilation serves every request (rows are
-        fixed by the backend). On CPU the dynamic step is cheaper (it reads only the filled part of the
-        cache).
+        """``compile``: run the segments' one-column step through ``torch.compile`` with symbolic lengths
+        (fuses the small ops between the matmuls; the first steps pay the compile time, minutes on a small
+        CPU), with ``compile_backend``. The fixed-shape step has its own compiled form (``musicgen.graphs``).
 
         ``device`` (default: the transformers decoder's): where the decoder runs. The transformers decoder
         may stay on the CPU (mapped from its file): each weight is converted there and moved on, layer by
-        layer, so the device never holds the float32 decoder."""
+        layer, so the device never holds the float32 decoder. int8 and int4 are CPU kernels: refused
+        elsewhere."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        cfg = hf_decoder.config
         device = device or next(hf_decoder.parameters()).device
+        if precision in ("int8", "int4") and device.type != "cpu":
+            raise ValueError(f"{precision} decoding runs on the CPU only; on {device.type} use bf16 or fp16.")
+        cfg = hf_decoder.config
         self.device = device
+        self.precision = precision
         self.dtype = compute_dtype(precision, device)
         # attention state: CPUs run fp32 batched matmuls several times faster than bf16 ones, and at long
-        # contexts reading the cache dominates a step, so keep it (and attention) in fp32 there
+        # contexts reading the cache dominates a step, so keep it (and attention) in fp32 there; on CUDA the
+        # state is in the compute dtype and the fused attention kernel keeps its softmax in float32
         self.state_dtype = torch.float32 if device.type == "cpu" else self.dtype
-        # the residual stream: float32 under fp16 (whose range a deep stream outgrows), else the compute dtype
-        self.residual_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
+        # the residual stream, the layer norms and the codebook heads' output stay float32 under fp16 and
+        # bf16 (as audiocraft's autocast keeps them): a 48-layer stream rounded to 8 bits of mantissa after
+        # every block drifts from fp32 several times more (bench/decode.py's KL column)
+        reduced = self.dtype in (torch.float16, torch.bfloat16) and precision in ("bf16", "fp16")
+        self.residual_dtype = torch.float32 if reduced else self.dtype
+        heads_precision, heads_dtype = ("fp32", torch.float32) if reduced else (precision, self.dtype)
         inner = hf_decoder.model.decoder
         self.num_codebooks = cfg.num_codebooks
         self.hidden = cfg.hidden_size
-        self.attention = Attention(self.hidden, cfg.num_attention_heads, self.state_dtype)
+        self.attention = Attention(self.hidden, cfg.num_attention_heads, self.state_dtype, fused=device.type == "cuda")
         vocab = inner.embed_tokens[0].weight.shape[0]
         # one table for all codebooks: row k * vocab + id
         self.embed_table = stack([e.weight for e in inner.embed_tokens], self.dtype, device)
         self.offsets = (torch.arange(self.num_codebooks, device=device) * vocab)[None, :, None]
         self._positions = inner.embed_positions  # transformers' sinusoidal table, grown on demand
-        cross = hasattr(inner.layers[0], "encoder_attn")  # plain checkpoints; melody ones read a prefix
+        self.cross = hasattr(inner.layers[0], "encoder_attn")  # plain checkpoints; melody ones read a prefix
         with torch.no_grad():
-            self.layers = _build_layers(inner.layers, precision, self.dtype, self.attention, cross,
+            self.layers = _build_layers(inner.layers, precision, self.dtype, self.attention, self.cross,
                                         self.residual_dtype, device)
             self.final_ln = norm_weights(inner.layer_norm, self.residual_dtype, device)
-            self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], precision, self.dtype, device)  # (K*V, H)
+            self.heads_dtype = heads_dtype
+            self.heads_out = Linear([h.weight for h in hf_decoder.lm_heads], heads_precision, heads_dtype, device)
         self.vocab_out = hf_decoder.lm_heads[0].weight.shape[0]
         self.caches: list[KVCache] = []
         self._shared_prefix: torch.Tensor | None = None  # (1, P, H) positions many prefills begin with
         self._shared_kv: list[KVCache] | None = None  # their keys/values, computed on first use
-        self.text: list[CrossKV] | None = None  # the static step's persistent text buffers
         self._position_table: torch.Tensor | None = None
         self._key_positions: torch.Tensor | None = None
-        self.static = compile and device.type == "cuda" if static is None else static
-        if self.static:  # a CUDA graph reads the weights where they are instead of copying them every replay
-            for tensor in self.weights():
-                torch._dynamo.mark_static_address(tensor)
+        self.compile_backend = compile_backend
         if compile:
-            # CUDA graphs for the static step (one graph: rows, lengths and text marked dynamic or fixed);
-            # the dynamic step compiles with symbolic lengths
-            mode = "reduce-overhead" if self.static and device.type == "cuda" else None
-            self._step = torch.compile(self._forward, mode=mode, dynamic=not self.static, backend=compile_backend)
+            self._step = torch.compile(self._forward, dynamic=True, backend=compile_backend)
         else:
             self._step = self._forward
 
@@ -267,10 +292,8 @@ class FastDecoder:
 
     # ---------------------------------------------------------------- per-window state
     def setup_caches(self, rows: int, length: int) -> None:
-        """A KV cache for ``rows`` rows of ``length`` positions (the static step rounds it up to its bucket),
-        reused (and cleared) when the shape has not changed."""
-        if self.static:
-            length = -(-length // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+        """A KV cache for ``rows`` rows of ``length`` positions, reused (and cleared) when the shape has not
+        changed."""
         shape = (rows, self.attention.heads, length, self.attention.head_dim)
         if self.caches and self.caches[0].shape == shape:
             for cache in self.caches:
@@ -283,11 +306,7 @@ class FastDecoder:
     def new_caches(self, rows: int, length: int) -> list[KVCache]:
         """A KV cache per layer for ``rows`` rows of ``length`` positions (their position embeddings ready)."""
         caches = [KVCache(rows, self.attention.heads, length, self.attention.head_dim, self.state_dtype,
-                          self.device, static=self.static) for _ in self.layers]
-        if self.static:
-            for cache in caches:
-                torch._dynamo.mark_dynamic(cache.k, 2)
-                torch._dynamo.mark_dynamic(cache.v, 2)
+                          self.device) for _ in self.layers]
         self.setup_positions(length)
         return caches
 
@@ -299,40 +318,42 @@ class FastDecoder:
                 self._positions.make_weights(length, self.hidden)
             self._position_table = self._positions.weights.to(self.residual_dtype).to(self.device)
             self._key_positions = torch.arange(self._position_table.shape[0], device=self.device)
-            if self.static:
-                torch._dynamo.mark_static_address(self._position_table)
-                torch._dynamo.mark_static_address(self._key_positions)
 
     def text_kv(self, states: torch.Tensor, mask: torch.Tensor) -> list[CrossKV]:
         """Cross-attention checkpoints: the keys/values of the projected text states (rows, Lt, H) with
-        their padding mask (rows, Lt), one per layer, for a segment's ``text``. The static step's come from
-        persistent buffers (what a CUDA graph replays in place), its text padded to a bucket."""
-        if self.static:  # pad the text to its bucket; padded positions are masked out
-            pad = -states.shape[1] % STATIC_TEXT_BUCKET
-            states, mask = F.pad(states, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+        their padding mask (rows, Lt), one per layer, for a segment's ``text``."""
         # fully masked rows (the null condition) attend uniformly over zero states, as transformers does
         additive = torch.where(mask.bool(), 0.0, torch.finfo(self.state_dtype).min)
         additive = additive.to(self.state_dtype)[:, None, None, :]
         # once per window; on one core, so that its float32 GEMM (a few text rows) gives the same bits on any
         # machine: its result steers every later step
         with one_thread():
-            fresh = [layer.text_kv(states, additive) for layer in self.layers]
-        if not self.static:
-            return fresh
-        # persistent buffers while the bucket lasts, with the text length dynamic: one graph for every bucket
-        if self.text is None or self.text[0].k.shape != fresh[0].k.shape:
-            self.text = []
-            for kv in fresh:
-                self.text.append(CrossKV(kv.k.clone(), kv.v.clone(), kv.mask.clone()))
-                for tensor, dim in ((self.text[-1].k, 2), (self.text[-1].v, 2), (self.text[-1].mask, 3)):
-                    torch._dynamo.mark_static_address(tensor)
-                    torch._dynamo.mark_dynamic(tensor, dim)
-            return self.text
-        for buffer, kv in zip(self.text, fresh):
-            buffer.k.copy_(kv.k)
-            buffer.v.copy_(kv.v)
-            buffer.mask.copy_(kv.mask)
-        return self.text
+            return [layer.text_kv(states, additive) for layer in self.layers]
+
+    def new_text(self, rows: int, length: int) -> list[CrossKV]:
+        """Text buffers for ``rows`` rows of up to ``length`` text positions, one per layer (``write_text``
+        fills a segment's rows); unwritten rows attend to zeros."""
+        shape = (rows, self.attention.heads, length, self.attention.head_dim)
+        zeros = lambda *size: torch.zeros(size, dtype=self.state_dtype, device=self.device)  # noqa: E731
+        return [CrossKV(zeros(*shape), zeros(*shape), zeros(rows, 1, 1, length)) for _ in self.layers]
+
+    @staticmethod
+    def write_text(buffers: list[CrossKV], rows: slice, text: list[CrossKV]) -> list[CrossKV]:
+        """Copy ``text`` (per layer, its rows' keys/values of Lt <= the buffers' length) into ``rows`` of
+        ``buffers``, padding masked out; returns those rows of the buffers (a segment's ``text``). A text of
+        one row fills every row of ``rows``."""
+        length = text[0].k.shape[2]
+        views = []
+        for buffer, kv in zip(buffers, text):
+            k, v, mask = buffer.k[rows], buffer.v[rows], buffer.mask[rows]
+            k[:, :, :length] = kv.k
+            v[:, :, :length] = kv.v
+            k[:, :, length:] = 0  # a fully masked text attends uniformly: to zeros, as unpadded
+            v[:, :, length:] = 0
+            mask[..., :length] = kv.mask
+            mask[..., length:] = torch.finfo(mask.dtype).min
+            views.append(CrossKV(k, v, mask))
+        return views
 
     # ---------------------------------------------------------------- forward
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -366,7 +387,8 @@ class FastDecoder:
 
     def _shared_length(self, prefix: torch.Tensor | None, segment: Segment) -> int:
         shared = self._shared_prefix
-        if shared is None or prefix is None or prefix.shape[1] < shared.shape[1] or int(segment.pos[0]) != 0:
+        # a prefix always starts a segment at position 0 (the window's first prefill)
+        if shared is None or prefix is None or prefix.shape[1] < shared.shape[1]:
             return 0
         head = prefix[:, : shared.shape[1]]
         return shared.shape[1] if head.dtype == shared.dtype and torch.equal(head, shared.expand_as(head)) else 0
@@ -383,19 +405,37 @@ class FastDecoder:
         return self._shared_kv
 
     def step(self, ids: torch.Tensor, segments: list[Segment], caches: list[KVCache] | None = None) -> torch.Tensor:
-        """One column ``ids`` (rows, K, 1) for the segments' rows, in order; the static step reads the whole
-        cache (``kv_len`` None). Returns (rows, K, vocab) float32 logits."""
-        logits = self._step(self.embed(ids), segments, caches)
-        if logits.device.type == "cuda" and self.static:
-            logits = logits.clone()  # a replayed CUDA graph reuses its output buffer
-        return logits
+        """One column ``ids`` (rows, K, 1) for the segments' rows, in order (then any padding rows). Returns
+        (rows, K, vocab) float32 logits."""
+        return self._step(self.embed(ids), segments, caches)
 
-    def _mask(self, segment: Segment, cache_length: int) -> torch.Tensor | None:
+    def fixed_step(self, ids: torch.Tensor, pos: torch.Tensor, active: int, caches: list[KVCache],
+                   text: list[CrossKV] | None, kv_len: int) -> torch.Tensor:
+        """One column ``ids`` (R, K, 1) for all R rows of ``caches`` at once, the form a CUDA graph captures:
+        the first ``active`` rows attend, row r writing its keys at position ``pos[r]`` (a device tensor of
+        R positions) and reading its keys below ``kv_len``, masked past its own position; each row reads its own
+        row of ``text`` (per layer, padded and masked). No host sync, no data-dependent shape: every shape
+        is set by R, the active rows, ``kv_len`` and the text length. Returns (R, K, vocab) float32 logits
+        (idle rows' are meaningless)."""
+        x = self.embed(ids) + self._position_table[pos][:, None]
+        pos = pos[:active]
+        visible = self._key_positions[:kv_len][None, :] <= pos[:, None]  # (active, keys)
+        mask = torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)[:, None, None]
+        for index, (layer, cache) in enumerate(zip(self.layers, caches)):
+            x = layer.fixed(x, cache, pos, kv_len, mask, None if text is None else text[index])
+        return self._logits(x[:, -1])
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        """The codebook heads on the last position's residual (rows, H): (rows, K, vocab) float32."""
+        last = layer_norm(last, self.final_ln).to(self.heads_dtype)
+        return self.heads_out(last).float().view(last.shape[0], self.num_codebooks, self.vocab_out)
+
+    def _mask(self, segment: Segment) -> torch.Tensor | None:
         """Additive self-attention mask (1, 1, L, keys) of a segment: key j is visible from position p when
         j <= p. None when every key read is visible (one column over the filled part)."""
-        if segment.kv_len is not None and segment.pos.shape[0] == 1:
+        if segment.pos.shape[0] == 1:
             return None
-        keys = self._key_positions[: cache_length if segment.kv_len is None else segment.kv_len]
+        keys = self._key_positions[: segment.kv_len]
         visible = keys <= segment.pos[:, None]  # (L, keys)
         return torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)[None, None]
 
@@ -412,8 +452,8 @@ class FastDecoder:
             x = x + torch.cat(table + ([torch.zeros_like(x[:padding])] if padding else []))
             rows = torch.cat([torch.arange(seg.rows.start, seg.rows.stop) for seg in segments]).to(x.device)
             pos = torch.cat([seg.pos.expand(seg.size, -1) for seg in segments])
-        masks = [self._mask(seg, caches[0].k.shape[2]) for seg in segments]
+        masks = [self._mask(seg) for seg in segments]
         for index, (layer, cache) in enumerate(zip(self.layers, caches)):
             x = layer(x, cache, segments, masks, rows, pos, index)
-        last = layer_norm(x[:, -1], self.final_ln).to(self.dtype)
-        return self.heads_out(last).float().view(x.shape[0], self.num_codebooks, self.vocab_out)
+        return self._logits(x[:, -1])
+

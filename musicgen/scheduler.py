@@ -7,10 +7,21 @@ when it joins or starts a new window, then decodes one column per shared step at
 only its own keys and text, with its own sampling settings and generator. It leaves at its end (or when
 cancelled) and its slot goes to the next request at once; nobody waits for anybody.
 
-Batching does not change results: each sequence's attention is computed alone, the int8 engine quantizes
-activations per row, and float precisions run every step at the full slot width (padding rows), so that
-their matrix products see the same shapes whoever else is decoding. A request gives the same bytes alone or
-beside others.
+Two forms of the shared step:
+
+- the segments' step (CPU default): each sequence's attention is computed alone over the filled part of its
+  cache, the int8 engine quantizes activations per row, and float precisions run every step at the full
+  slot width (padding rows), so that their matrix products see the same shapes whoever else is decoding. A
+  request gives the same bytes alone or beside others.
+- the fixed-shape step (``musicgen.graphs``; CUDA default, CUDA graphs): every slot's rows in one call per
+  layer, positions on the device, no host sync. Its matrix products always take every slot's rows (a
+  row's result does not depend on the others); attention runs over the active slots' rows and keys up to
+  the longest active row, rounded to buckets, each row masked past its own position, so that the keys a
+  row reads, and the order its kernel sums them in, may depend on who else decodes (equal on CPU in the
+  tests; not promised on CUDA, whose attention kernels choose their split by shape).
+
+When the shared step fails (out of memory), the memory it held is released and each request's column is
+decoded alone; only a request whose own step fails again fails.
 
 The decode loop runs no Python the requests brought: progress, log lines and window events are queued and
 delivered in the waiting caller's thread (where Cog routes a prediction's logs).
@@ -21,19 +32,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 
 import torch
 
 from .backends import FastBackend
 from .decoder import Segment
-from .kv_cache import KVCache
+from .graphs import ROWS_PER_SLOT, grow_caches
 from .sequence import Cancelled, Sequence
 
 log = logging.getLogger(__name__)
-
-ROWS_PER_SLOT = 2  # conditional + unconditional
-CACHE_BUCKET = 256  # the cache length grows in steps of this many positions (a longer melody prefix)
 
 
 class Job:
@@ -99,14 +108,17 @@ class Job:
 class Scheduler:
     def __init__(self, engine, slots: int):
         """A decode loop over ``engine``'s decoder with ``slots`` concurrent requests (their KV cache
-        preallocated). The static (CUDA-graph) step and the reference backend decode one request at a time."""
+        preallocated): the fixed-shape step when the engine's backend is static (recorded here, in the loop's
+        thread, before this returns), else the segments' step. The reference backend decodes one request at
+        a time."""
         self.engine = engine
         backend = engine.backend
-        self.batching = isinstance(backend, FastBackend) and not (backend.decoder.static or backend.decoder.compiled)
+        self.batching = isinstance(backend, FastBackend)
         self.slots = max(1, slots) if self.batching else 1
         self.active: list[Job | None] = [None] * self.slots
         self.waiting: deque[Job] = deque()
         self.wake = threading.Condition()
+        self.graph = None
         if self.batching:
             decoder = backend.decoder
             self.decoder = decoder
@@ -115,13 +127,21 @@ class Scheduler:
             prefix = 0
             if engine.is_melody:  # the melody prefix: chroma frames and the text
                 prefix = engine.model.config.chroma_length + 64
-            self.caches: list[KVCache] = []
-            self.length = 0
-            self._cache_length(backend.window_len + prefix)
+            if backend.static:
+                self.graph = backend.graph_step(self.slots, backend.window_len + prefix)
+                self.caches = self.graph.caches
+            else:
+                self.caches, self.length = grow_caches(decoder, [], ROWS_PER_SLOT * self.slots,
+                                                       backend.window_len + prefix)
         self.closed = False
         self.threads = torch.get_num_threads()  # the decode loop's intra-op threads
+        self._ready = threading.Event()
+        self._setup_error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="musicgen-decode", daemon=True)
         self.thread.start()
+        self._ready.wait()
+        if self._setup_error is not None:
+            raise self._setup_error
 
     def close(self) -> None:
         """End the decode loop (requests still in it fail with Cancelled) and wait for its thread: a thread
@@ -147,6 +167,18 @@ class Scheduler:
     def _loop(self) -> None:
         torch.set_num_threads(self.threads)  # this thread's own OpenMP team (a new thread would take the last setting)
         with torch.inference_mode():
+            try:
+                if self.graph is not None:  # compiled and captured in the thread that replays it
+                    started = time.monotonic()
+                    self.graph.record()
+                    log.info("decode step ready for %d slot(s): %d shapes%s%s, in %.1f s", self.slots,
+                             len(self.graph.buckets()), ", compiled" if self.graph.compiled else "",
+                             ", CUDA graphs" if self.graph.graphs else "", time.monotonic() - started)
+            except BaseException as exc:
+                self._setup_error = exc
+                return
+            finally:
+                self._ready.set()
             while True:
                 with self.wake:
                     if self.closed:
@@ -172,7 +204,7 @@ class Scheduler:
         for job in [j for j in self.waiting if j.cancelled.is_set()]:
             self.waiting.remove(job)
             job.finish(error=Cancelled("cancelled while waiting"))
-        for slot in range(self.slots):
+        for slot in range(self.slots):  # the lowest free slot first: the fixed-shape step's rows stay few
             if self.active[slot] is None and self.waiting:
                 job = self.waiting.popleft()
                 job.slot = slot
@@ -180,6 +212,8 @@ class Scheduler:
 
     def _leave(self, job: Job, codes: torch.Tensor | None = None, error: BaseException | None = None) -> None:
         self.active[job.slot] = None
+        if self.graph is not None:
+            self.graph.leave(job.slot)
         if isinstance(error, Cancelled):
             log.info("request cancelled after %d of %d steps; its slot is free", job.sequence.steps,
                      job.sequence.total_steps)
@@ -209,39 +243,88 @@ class Scheduler:
                 self._leave(job, error=exc)
         if not stepping:
             return
-        segments = [self._segment(job, torch.tensor([job.filled], device=self.decoder.device), job.filled + 1)
-                    for job in stepping]
+        try:
+            logits = self._shared_step(stepping)
+        except Exception as exc:  # out of memory, most likely: free what the step held, then each alone
+            log.warning("the shared decode step of %d request(s) failed (%s: %s); decoding each alone",
+                        len(stepping), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            del exc
+            if self.decoder.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._each_alone(stepping)
+            return
+        for job in stepping:
+            job.filled += 1
+            self._consume(job, logits[self._rows(job)])
+
+    def _rows(self, job: Job) -> slice:
+        first = ROWS_PER_SLOT * job.slot
+        return slice(first, first + job.sequence.window.rows)
+
+    def _shared_step(self, stepping: list[Job]) -> torch.Tensor:
+        """One column for every stepping job: the logits of every slot's rows."""
+        if self.graph is not None:
+            for job in stepping:
+                self.graph.set_column(job.slot, job.sequence.window.step_ids())
+            slots = max(job.slot for job in stepping) + 1
+            return self.graph.decode(slots, max(job.filled for job in stepping) + 1)
+        segments = [self._segment(job) for job in stepping]
         ids = torch.cat([job.sequence.window.step_ids() for job in stepping])
+        logits = self.decoder.step(self._padded(ids), segments, self.caches)
+        out = logits.new_empty(ROWS_PER_SLOT * self.slots, *logits.shape[1:])
+        start = 0
+        for job, segment in zip(stepping, segments):
+            out[segment.rows] = logits[start : start + segment.size]
+            start += segment.size
+        return out
+
+    def _each_alone(self, stepping: list[Job]) -> None:
+        """Each job's column decoded alone in the segments' step (over the same caches); a job whose own
+        step fails again fails, the others go on. The fixed-shape step's positions advance after."""
+        caches = self.graph.caches if self.graph is not None else self.caches
+        for job in stepping:
+            try:
+                logits = self.decoder.step(self._padded(job.sequence.window.step_ids()), [self._segment(job)],
+                                           caches)
+            except Exception as exc:
+                log.exception("request failed in the decode loop")
+                self._leave(job, error=exc)
+                continue
+            if self.graph is not None:
+                self.graph.pos[self.graph.rows_of(job.slot)] += 1
+            job.filled += 1
+            self._consume(job, logits[: job.sequence.window.rows])
+
+    def _padded(self, ids: torch.Tensor) -> torch.Tensor:
+        """Float precisions decode every step at the full slot width (their matmuls' shapes fixed)."""
         if self.fixed_rows is not None and ids.shape[0] < self.fixed_rows:
             ids = torch.cat([ids, ids[:1].expand(self.fixed_rows - ids.shape[0], -1, -1)])
-        try:
-            logits = self.decoder.step(ids, segments, self.caches)
-        except Exception as exc:  # the shared step failed: every request in it fails with the reason
-            log.exception("the decode step failed")
-            for job in stepping:
-                self._leave(job, error=exc)
-            return
-        start = 0
-        for job in stepping:
-            rows = job.sequence.window.rows
-            job.filled += 1
-            self._consume(job, logits[start : start + rows])
-            start += rows
+        return ids
 
     def _start_window(self, job: Job) -> None:
         window = job.sequence.next_window()
         cond = window.cond
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
-        self._cache_length(prefix_len + window.length)
-        job.text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
         length = prefix_len + window.prefill_ids().shape[-1]
+        text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
+        if self.graph is not None:
+            self.graph.ensure(prefix_len + window.length)
+            job.text = self.graph.start(job.slot, window.rows, text)
+            job.filled = length
+            self._consume(job, self.graph.prefill(job.slot, window.prefill_ids(), cond.prefix, job.text))
+            return
+        if prefix_len + window.length > self.length:
+            self.caches, self.length = grow_caches(self.decoder, self.caches, ROWS_PER_SLOT * self.slots,
+                                                   prefix_len + window.length)
+        job.text = text
         job.filled = length
-        segment = self._segment(job, torch.arange(length, device=self.decoder.device), length)
+        segment = Segment(self._rows(job), torch.arange(length, device=self.decoder.device), length, text)
         self._consume(job, self.decoder.prefill(window.prefill_ids(), segment, cond.prefix, self.caches))
 
-    def _segment(self, job: Job, pos: torch.Tensor, kv_len: int) -> Segment:
-        first = ROWS_PER_SLOT * job.slot
-        return Segment(slice(first, first + job.sequence.window.rows), pos, kv_len, job.text)
+    def _segment(self, job: Job) -> Segment:
+        """The job's next column as a segment of the segments' step."""
+        pos = torch.tensor([job.filled], device=self.decoder.device)
+        return Segment(self._rows(job), pos, job.filled + 1, job.text)
 
     def _consume(self, job: Job, logits: torch.Tensor) -> None:
         sequence = job.sequence
@@ -250,18 +333,3 @@ class Scheduler:
             sequence.finish_window()
             if sequence.done:
                 self._leave(job, sequence.codes())
-
-    def _cache_length(self, needed: int) -> None:
-        """The scheduler's own KV cache holds ``needed`` positions for every slot (grown by whole buckets,
-        the rows in flight carried over)."""
-        if needed <= self.length:
-            return
-        length = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
-        grown = self.decoder.new_caches(ROWS_PER_SLOT * self.slots, length)
-        for new, old in zip(grown, self.caches):
-            new.k[:, :, : self.length].copy_(old.k)
-            new.v[:, :, : self.length].copy_(old.v)
-        if self.caches:
-            log.info("decode cache grown to %d positions per row", length)
-        self.caches, self.length = grown, length
-

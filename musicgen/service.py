@@ -127,12 +127,14 @@ class MusicGen:
         separator, stems_missing = None, None
         if model.config.model_type == "musicgen_melody":
             separator, stems_missing = _load_separator(settings, dev, allow_download)
+        compile = settings.compile_on(dev)
         engine = Engine(model, tokenizer, windows, backend=backend, precision=decode_precision,
-                        compile=settings.compile, separator=separator)
+                        compile=compile, static_step=settings.fixed_step(dev), separator=separator)
         engine.release_reference_weights()
-        if settings.compile and backend == "fast":
+        if compile and backend == "fast" and not engine.backend.static:
             # compile now, with a request's shapes, rather than in the first request (one compilation serves
-            # every later request; a compiler failure, now or later, falls back to the eager step)
+            # every later request; a compiler failure, now or later, falls back to the eager step); the
+            # fixed-shape step is compiled and recorded by the scheduler, in its decode thread
             warm = time.monotonic()
             engine.generate_codes("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
             log.info("warmed up the decode step (%s) in %.1f s",

@@ -18,6 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_ROOT = PROJECT_ROOT / "weights"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
+STEPS = ("auto", "fixed", "segments")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -36,7 +37,7 @@ def _count(name: str, value: str | None) -> int | None:
     return int(value)
 
 
-def _switch(name: str, value: str | None, default: bool) -> bool:
+def _switch(name: str, value: str | None, default: bool | None) -> bool | None:
     """A boolean setting that must say yes or no when it is set."""
     text = (value or "").strip().lower()
     if not text:
@@ -52,7 +53,8 @@ class Settings:
     weights: Path | None = None  # MUSICGEN_WEIGHTS: checkpoint directory (default weights/<name of the model>)
     device: str = "auto"  # MUSICGEN_DEVICE
     precision: str = "auto"  # MUSICGEN_PRECISION
-    compile: bool = False  # MUSICGEN_COMPILE
+    compile: bool | None = None  # MUSICGEN_COMPILE (None: on CUDA only)
+    step: str = "auto"  # MUSICGEN_STEP: the decode step's form
     offline: bool = False  # HF_HUB_OFFLINE: never touch the network
     melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
@@ -64,6 +66,8 @@ class Settings:
             raise MusicGenError(f"MUSICGEN_METRICS_PORT must be a port number (1-65535), got {self.metrics_port}.")
         if self.device not in DEVICES:
             raise MusicGenError(f"MUSICGEN_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}.")
+        if self.step not in STEPS:
+            raise MusicGenError(f"MUSICGEN_STEP must be one of {', '.join(STEPS)}, got {self.step!r}.")
         if self.precision not in PRECISIONS:
             raise MusicGenError(
                 f"MUSICGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
@@ -78,7 +82,8 @@ class Settings:
             weights=Path(weights).expanduser() if weights else None,
             device=(env.get("MUSICGEN_DEVICE") or "auto").strip().lower(),
             precision=(env.get("MUSICGEN_PRECISION") or "auto").strip().lower(),
-            compile=flag(env.get("MUSICGEN_COMPILE")),
+            compile=_switch("MUSICGEN_COMPILE", env.get("MUSICGEN_COMPILE"), None),
+            step=(env.get("MUSICGEN_STEP") or "auto").strip().lower(),
             offline=flag(env.get("HF_HUB_OFFLINE")),
             melody_stems=_switch("MUSICGEN_MELODY_STEMS", env.get("MUSICGEN_MELODY_STEMS"), True),
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
@@ -108,6 +113,15 @@ class Settings:
     def slots(self, device: torch.device) -> int:
         """How many requests decode at once: the setting, else the device's default."""
         return self.concurrency or default_concurrency(device)
+
+    def fixed_step(self, device: torch.device) -> bool:
+        """Whether requests decode in the fixed-shape step (``musicgen.graphs``, CUDA graphs on a GPU):
+        MUSICGEN_STEP=fixed, or auto on CUDA; else in the segments' step (exact, cheapest on a CPU)."""
+        return self.step == "fixed" or (self.step == "auto" and device.type == "cuda")
+
+    def compile_on(self, device: torch.device) -> bool:
+        """Whether the decode step goes through ``torch.compile``: MUSICGEN_COMPILE, else on CUDA."""
+        return device.type == "cuda" if self.compile is None else self.compile
 
     def decode_precision(self, device: torch.device) -> str:
         """The decode precision on ``device``: MUSICGEN_PRECISION, or the device's default for auto."""

