@@ -1,0 +1,104 @@
+"""What only a CUDA device can show (skipped elsewhere; ``bench/gpu_check.sh`` runs these on a GPU machine): the
+fixed-shape step replayed from CUDA graphs decodes what the segments' step decodes, a decode step and its
+sampling never synchronize with the host, bf16 stays near fp32, and serving records nothing new."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from musicgen.engine import Engine, WindowSettings
+from musicgen.loading import load
+from musicgen.sampling import SamplingParams
+from musicgen.scheduler import Scheduler
+from musicgen.sequence import Sequence
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CUDA = torch.device("cuda")
+WINDOWS = WindowSettings(window_s=1.0, stride_s=0.6)
+
+
+def _engine(checkpoint, precision, static):
+    model, tokenizer = load(checkpoint, CUDA)
+    return Engine(model, tokenizer, WINDOWS, precision=precision, static_step=static)
+
+
+def _sequence(engine, text, seconds, seed, cfg=3.0):
+    return Sequence(engine, engine.conditioner.encode_text(text), seconds * engine.frame_rate,
+                    SamplingParams(top_k=50, cfg_scale=cfg), torch.Generator(CUDA).manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_cuda_graphs_decode_what_the_segments_step_decodes(checkpoints, kind):
+    fixed, segments = _engine(checkpoints[kind], "fp32", True), _engine(checkpoints[kind], "fp32", False)
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    for text, frames in (("lofi beat", 60), ("a longer prompt about a jazz trio", 120), (None, 30)):
+        a = fixed.generate_codes(text, frames, greedy)
+        b = segments.generate_codes(text, frames, greedy)
+        assert (a == b).float().mean() > 0.95, (text, frames)
+    assert fixed.backend.graph.graphs  # replayed from CUDA graphs, not run eagerly
+
+
+def test_a_decode_step_and_its_sampling_never_wait_for_the_device(checkpoints):
+    engine = _engine(checkpoints["plain"], "bf16", True)
+    scheduler = Scheduler(engine, 4)  # records every shape (outside the check)
+    graph = scheduler.graph
+    try:
+        sequences = [_sequence(engine, text, 1, i) for i, text in enumerate(("a", "drums", None, "strings"))]
+        with torch.inference_mode():
+            for slot, seq in enumerate(sequences):
+                window = seq.next_window()
+                text = None if window.cond.text_states is None else engine.backend.decoder.text_kv(
+                    window.cond.text_states, window.cond.text_mask)
+                views = graph.start(slot, window.rows, text)
+                seq.consume(graph.prefill(slot, window.prefill_ids(), window.cond.prefix, views))
+            filled = window.cond.prefix.shape[1] if window.cond.prefix is not None else 0
+            filled += sequences[0].window.prefill_ids().shape[-1]
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(20):
+                    for slot, seq in enumerate(sequences):
+                        graph.set_column(slot, seq.window.step_ids())
+                    logits = graph.decode(len(sequences), filled + 1)
+                    filled += 1
+                    for slot, seq in enumerate(sequences):
+                        seq.consume(logits[graph.rows_of(slot, seq.window.rows)])
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    finally:
+        scheduler.close()
+
+
+def test_bf16_stays_near_fp32(checkpoints):
+    """bf16 over a float32 residual stream and head output, fused attention with a float32 softmax."""
+    full, half = _engine(checkpoints["plain"], "fp32", True), _engine(checkpoints["plain"], "bf16", True)
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    a, b = full.generate_codes("lofi beat", 100, greedy), half.generate_codes("lofi beat", 100, greedy)
+    assert (a == b).float().mean() > 0.8
+
+
+def test_serving_records_every_shape_once(checkpoints):
+    engine = _engine(checkpoints["melody"], "bf16", True)
+    scheduler = Scheduler(engine, 8)
+    try:
+        recorded = dict(scheduler.graph.graphs)
+        assert set(recorded) == set(scheduler.graph.buckets())
+        results = [None] * 8
+
+        def run(i):
+            results[i] = scheduler.run(_sequence(engine, f"prompt {i}", 1 + i % 3, i, cfg=1.0 if i % 4 == 3 else 3.0))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r is not None and r.shape[1] == (1 + i % 3) * 50 for i, r in enumerate(results))
+        assert scheduler.graph.graphs.keys() == recorded.keys()
+        assert all(scheduler.graph.graphs[k][0] is recorded[k][0] for k in recorded)
+    finally:
+        scheduler.close()
