@@ -1,9 +1,10 @@
 """Output normalization with audiocraft's ``normalize_audio`` defaults (docs/api.md).
 
-peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS,
-then clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, measured as audiocraft measures
-it: :mod:`musicgen.loudness`), then clamp to +-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left as it is. peak and rms scale any signal
-that is not silence; silence is left as it is, so it never turns into NaN.
+peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS, then
+clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, measured as audiocraft measures it:
+:mod:`musicgen.loudness`), then clamp to +-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left
+as it is. peak and rms scale any signal that is not silence; silence is left as it is, so it never turns into
+NaN.
 """
 
 from __future__ import annotations
