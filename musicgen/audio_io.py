@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from .errors import MusicGenError
+from .inputs import MAX_DURATION
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # larger uploads are refused before decoding
-MAX_PROMPT_SECONDS = 300  # longest continuation prompt (input_audio[start:end]) accepted
 MIN_AUDIO_SECONDS = 0.5  # shortest usable melody or continuation prompt
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
@@ -296,10 +296,25 @@ def load_melody(path: str | Path, seconds: float, sample_rate: int, channels: in
     return wav
 
 
-def load_prompt(path: str | Path, start: int, end: int | None, sample_rate: int, channels: int) -> torch.Tensor:
+def prompt_too_long(seconds: float, duration: int, at_least: bool = False) -> MusicGenError:
+    """The sentence for a continuation prompt of ``seconds`` (``at_least``: more than that) that leaves no
+    new audio to generate in an output of ``duration`` seconds, the prompt included (audiocraft's
+    ``duration``)."""
+    shortest = int(seconds) + 1  # the smallest duration (whole seconds) that leaves room after the prompt
+    raise_duration = f"set duration to {shortest} or more, or " if shortest <= MAX_DURATION and not at_least else ""
+    return MusicGenError(
+        f"The continuation prompt ({'over ' if at_least else ''}{seconds:.2f} s of input_audio) must be shorter "
+        f"than duration ({duration} s), which is the length of the whole output, prompt included; "
+        f"{raise_duration}choose a shorter part with continuation_start and continuation_end."
+    )
+
+
+def load_prompt(path: str | Path, start: int, end: int | None, sample_rate: int, channels: int,
+                duration: int = MAX_DURATION) -> torch.Tensor:
     """``[start, end)`` seconds of a file to continue (``end`` None: to its end; past the end: clamped, with a
-    log line) as (channels, samples) at ``sample_rate``; refused when the window is empty, too short or
-    longer than ``MAX_PROMPT_SECONDS``. Only that window is decoded."""
+    log line) as (channels, samples) at ``sample_rate``; refused when the window is empty, too short, or not
+    shorter than ``duration`` (the whole output's length, prompt included). Only that window is decoded, and
+    of it no more than ``duration`` seconds and one more (enough to tell that it is too long)."""
     info = probe(path)
     total = info.seconds
 
@@ -313,16 +328,17 @@ def load_prompt(path: str | Path, start: int, end: int | None, sample_rate: int,
     if end is not None and total is not None and end > total:
         log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip", end, total)
         end = None
-    # with an unknown length, read one second past the limit to find out whether it is exceeded
-    data = read(info, start, start + MAX_PROMPT_SECONDS + 1 if end is None else end)
+    stop = start + duration + 1 if end is None else min(end, start + duration + 1)
+    data = read(info, start, stop)
     seconds = data.shape[1] / info.sample_rate
     if data.shape[1] == 0 and start > 0:  # the container did not say how long it is
         raise start_past_end()
-    if seconds > MAX_PROMPT_SECONDS:
-        raise MusicGenError(
-            f"The continuation prompt (input_audio from {start} s to {'its end' if end is None else f'{end} s'}) "
-            f"is longer than the {MAX_PROMPT_SECONDS} s limit; choose a shorter part with continuation_start and "
-            "continuation_end."
-        )
+    if seconds >= duration:
+        cut = stop < (end if end is not None else math.inf) and seconds > stop - start - 0.01  # read stopped early
+        if not cut:
+            raise prompt_too_long(seconds, duration)
+        if total is not None:  # end is None or within the clip here
+            raise prompt_too_long((total if end is None else end) - start, duration)
+        raise prompt_too_long(seconds, duration, at_least=True)
     check_length(seconds, "The continuation prompt")
     return to_model(data, info, sample_rate, channels)

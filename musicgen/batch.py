@@ -134,7 +134,7 @@ def plan(items: list[BatchItem | MusicGenError], store: OutputStore, summary: Su
 
 def generate(model, inputs: dict, scratch: Path, cancel: threading.Event | None = None) -> tuple[Path, int, int]:
     """One request of a batch with a loaded MusicGen: (the written file in ``scratch``, its seed, its
-    duration in seconds). Raises MusicGenError for a bad request."""
+    length in seconds: ``duration``, a continuation's prompt included). Raises MusicGenError for a bad request."""
     request = GenerationRequest(**inputs)
     result = model.predict(request, output_dir=scratch, progress=lambda done, total: None, cancel=cancel)
     return result.paths[0], result.seed, request.duration

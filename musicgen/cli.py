@@ -35,17 +35,25 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in {"", "none"} else int(text)
 
 
+# what the seed page's descriptions leave open, said in the help (docs/api.md)
+_HELP_NOTES = {
+    "duration": "The whole output, a continuation's prompt segment included (audiocraft's duration): "
+                "--continuation-start 2 --continuation-end 6 --duration 10 gives the 4 s prompt and 6 s of new "
+                "audio; a prompt not shorter than --duration is refused.",
+}
+
+
 def _input_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Every predictor input as a flag, with its rules (and its default, or None to leave it unset)."""
     for spec in INPUTS:
         flag = "--" + spec.name.replace("_", "-")
+        text = " ".join(filter(None, (spec.description, _HELP_NOTES.get(spec.name))))
         if spec.type is bool:
-            p.add_argument(flag, action="store_true", default=spec.default if defaults else None,
-                           help=spec.description)
+            p.add_argument(flag, action="store_true", default=spec.default if defaults else None, help=text)
             continue
         kind = _optional_int if spec.type is int and spec.optional else spec.type
         default = None if spec.name == "output_format" or not defaults else spec.default
-        p.add_argument(flag, type=kind, choices=spec.choices, default=default, help=spec.description)
+        p.add_argument(flag, type=kind, choices=spec.choices, default=default, help=text)
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:

@@ -26,15 +26,21 @@ class Codec:
         self.hop = self.sample_rate // self.frame_rate  # samples per frame
         self.chunk_frames, self.context_frames = chunk_frames, context_frames
 
+    def frames(self, samples: int) -> int:
+        """Codec frames ``samples`` of audio encode to (a partial last frame counts)."""
+        return -(-samples // self.hop)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, chunk_frames: int | None = None, context_frames: int | None = None) -> torch.Tensor:
-        """Waveform (channels, samples) at the model's rate and channel count, whole frames -> codes
-        (K, frames). ``chunk_frames``/``context_frames`` override the codec's chunking."""
-        spans = chunks(wav.shape[-1] // self.hop, chunk_frames or self.chunk_frames,
+        """Waveform (channels, samples) at the model's rate and channel count -> codes (K, frames), every
+        sample coded: a last partial frame is padded by the encoder's own convolutions (as in audiocraft's
+        EnCodec), so ``frames = ceil(samples / hop)``. ``chunk_frames``/``context_frames`` override the
+        codec's chunking."""
+        spans = chunks(self.frames(wav.shape[-1]), chunk_frames or self.chunk_frames,
                        self.context_frames if context_frames is None else context_frames)
         pieces = [self._encode(wav[:, lo * self.hop : hi * self.hop])[:, start - lo : stop - lo]
                   for start, stop, lo, hi in spans]

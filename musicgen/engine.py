@@ -1,7 +1,7 @@
 """The generation engine: waveforms in, waveforms out.
 
-It owns everything between the audio a request brings and the audio it gets back: trimming a continuation
-prompt to whole codec frames and encoding it, the melody's chroma at each window's place in time (and how
+It owns everything between the audio a request brings and the audio it gets back: checking a continuation
+prompt against the output's length and encoding it, the melody's chroma at each window's place in time (and how
 much of the melody file that needs), the conditioning and classifier-free guidance, the codebook delay
 pattern and prompt forcing, token-by-token decoding over a :class:`~musicgen.backends.Backend`, windows past
 the model's 30 s context (audiocraft's extend scheme), and the EnCodec round trip.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import chroma as chroma_mod
-from .audio_io import convert_channels
+from .audio_io import convert_channels, prompt_too_long
 from .backends import Backend, FastBackend, ReferenceBackend
 from .codec import Codec
 from .conditioning import Conditioner
@@ -122,17 +122,17 @@ class Engine:
         """Refuse a prompt longer than the text encoder reads (one sentence, no model work)."""
         self.conditioner.check_text(text)
 
-    def whole_frames(self, wav: torch.Tensor) -> torch.Tensor:
-        """A continuation prompt trimmed at its start to whole codec frames, so the output length is exact."""
-        usable = (wav.shape[-1] // self.codec.hop) * self.codec.hop
-        if usable != wav.shape[-1]:
-            log.info("continuation prompt trimmed by %d samples at its start to whole codec frames",
-                     wav.shape[-1] - usable)
-        return wav[:, wav.shape[-1] - usable :]
+    def check_prompt(self, wav: torch.Tensor, seconds: int) -> None:
+        """Refuse a continuation prompt (channels, samples) that leaves no new frame in an output of
+        ``seconds`` (the whole clip, prompt included): audiocraft refuses a prompt whose codes are not
+        shorter than ``duration``. One sentence, no model work."""
+        frames = self.codec.frames(wav.shape[-1])
+        if frames >= seconds * self.frame_rate:
+            raise prompt_too_long(frames / self.frame_rate, seconds)
 
     # ---------------------------------------------------------------- codec
     def encode(self, wav: torch.Tensor, chunk_frames: int | None = None, context_frames: int | None = None) -> torch.Tensor:
-        """Waveform (channels, samples) at the model's rate, whole frames -> codes (K, frames)."""
+        """Waveform (channels, samples) at the model's rate -> codes (K, ceil(samples / hop)), every sample coded."""
         return self.codec.encode(wav, chunk_frames, context_frames)
 
     def decode(self, codes: torch.Tensor, chunk_frames: int | None = None, context_frames: int | None = None) -> torch.Tensor:
@@ -145,10 +145,11 @@ class Engine:
                  prompt_wav: torch.Tensor | None = None, melody_wav: torch.Tensor | None = None,
                  progress: Progress | None = None,
                  on_window: Callable[[WindowEvent], None] | None = None) -> torch.Tensor:
-        """``seconds`` of new music after ``prompt_wav`` (channels, samples at the model's rate; trimmed to
-        whole frames), conditioned on ``text`` and (melody checkpoints) ``melody_wav`` at the model's rate
+        """``seconds`` of music in all: ``prompt_wav`` (channels, samples at the model's rate), when given,
+        continued up to that length (audiocraft's ``duration``, the prompt included; a prompt not shorter
+        is refused), conditioned on ``text`` and (melody checkpoints) ``melody_wav`` at the model's rate
         (at least ``melody_seconds(seconds)`` of it when the melody is that long). Returns the waveform of
-        the whole clip, prompt included: (channels, samples), float32 on the CPU."""
+        the whole clip, prompt included: (channels, seconds * sample_rate), float32 on the CPU."""
         started = time.monotonic()
         sequence = self.sequence(text, seconds, params, generator, prompt_wav=prompt_wav, melody_wav=melody_wav,
                                  progress=progress, on_window=on_window)
@@ -164,11 +165,15 @@ class Engine:
                  melody_wav: torch.Tensor | None = None, progress: Progress | None = None,
                  on_window: Callable[[WindowEvent], None] | None = None,
                  note: Callable[[str], None] | None = None) -> Sequence:
-        """A request's generation ready to decode (``run`` it, or hand it to a scheduler): the text encoded,
-        the continuation prompt trimmed to whole frames and encoded, the melody's chroma source separated."""
-        prompt_codes = self.encode(self.whole_frames(prompt_wav)) if prompt_wav is not None else None
-        return self._sequence(text, seconds * self.frame_rate, params, generator, prompt_codes, melody_wav,
-                              progress, on_window, note)
+        """A request's generation of ``seconds`` in all, prompt included, ready to decode (``run`` it, or
+        hand it to a scheduler): the prompt checked and encoded whole, the text encoded, the melody's chroma
+        source separated."""
+        n_new, prompt_codes = seconds * self.frame_rate, None
+        if prompt_wav is not None:
+            self.check_prompt(prompt_wav, seconds)
+            prompt_codes = self.encode(prompt_wav)
+            n_new -= prompt_codes.shape[1]
+        return self._sequence(text, n_new, params, generator, prompt_codes, melody_wav, progress, on_window, note)
 
     def _sequence(self, text, n_new, params, generator, prompt_codes, melody_wav, progress, on_window,
                   note) -> Sequence:

@@ -1,9 +1,10 @@
 """Output normalization with audiocraft's ``normalize_audio`` defaults (docs/api.md).
 
-peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS,
-then clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, via pyloudnorm), then clamp to
-+-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left as it is. peak and rms scale any signal
-that is not silence; silence is left as it is, so it never turns into NaN.
+peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS, then
+clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, measured as audiocraft measures it:
+:mod:`musicgen.loudness`), then clamp to +-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left
+as it is. peak and rms scale any signal that is not silence; silence is left as it is, so it never turns into
+NaN.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
+from .loudness import integrated_loudness
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,7 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
-def loudness_lufs(wav: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness (LUFS, BS.1770-4) of (channels, frames) audio; -inf for silence."""
-    import pyloudnorm
-
-    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(wav.T.astype(np.float64)))
+loudness_lufs = integrated_loudness  # (channels, frames) audio -> LUFS, as audiocraft measures it
 
 
 def _gain(target: float, level: float) -> float | None:
@@ -70,10 +69,7 @@ def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness") -> 
     if wav.size == 0 or _rms(wav) < ENERGY_FLOOR:  # audiocraft's energy floor, for loudness only
         log.info("output is near-silent (RMS under %g); loudness normalization left it unchanged", ENERGY_FLOOR)
         return wav
-    try:
-        current = loudness_lufs(wav, sample_rate)
-    except ValueError:  # shorter than one 400 ms gating block
-        current = float("-inf")
+    current = integrated_loudness(wav, sample_rate)  # -inf: shorter than one 400 ms block, or gated away
     if not np.isfinite(current):
         log.info("output is too short or quiet to measure loudness; left unchanged")
         return wav

@@ -17,6 +17,13 @@ def new_output_dir(parent: str | Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix="musicgen-", dir=parent))
 
 
+def pcm16(wav: np.ndarray) -> np.ndarray:
+    """Float samples to 16-bit PCM as audiocraft's ``audio_write`` gets them (FFmpeg's ``pcm_s16le`` from
+    float: ``x * 32768`` rounded to nearest, ties to even, then clipped to the int16 range; libsndfile
+    would scale by 32767)."""
+    return np.clip(np.rint(np.asarray(wav, dtype=np.float32) * np.float32(32768)), -32768, 32767).astype(np.int16)
+
+
 def write_audio(wav: np.ndarray, sample_rate: int, directory: str | Path, fmt: str = "wav", stem: str = "output") -> Path:
     """Write (channels, frames) float audio in [-1, 1] to ``directory`` under a unique name; returns the path.
 
@@ -31,7 +38,7 @@ def write_audio(wav: np.ndarray, sample_rate: int, directory: str | Path, fmt: s
     partial = path.with_name("." + path.name + ".partial")
     data = np.ascontiguousarray(np.asarray(wav, dtype=np.float32).T)
     if fmt == "wav":
-        sf.write(partial, data, sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(partial, pcm16(data), sample_rate, subtype="PCM_16", format="WAV")
     else:
         # libsndfile maps compression_level 0.0 to the highest MPEG bitrate (320 kbps) in CONSTANT mode
         sf.write(partial, data, sample_rate, format="MP3", subtype="MPEG_LAYER_III",

@@ -1,12 +1,28 @@
-"""Next-token sampling with audiocraft's semantics.
+"""Next-token sampling exactly as audiocraft does it (``LMModel._sample_next_token`` and
+``audiocraft.utils.utils``: ``sample_top_p``, ``sample_top_k``, ``multinomial``), without host syncs.
 
-temperature scales the logits first; temperature 0 means argmax, and so does a positive temperature too small
-to divide by (its reciprocal overflows float32). top_p > 0 selects nucleus sampling and takes precedence over
-top_k; otherwise top_k > 0 keeps the k most likely tokens; both 0 samples the full distribution.
-Classifier-free guidance mixes conditional and unconditional logits before any of this.
+temperature 0 means argmax of the logits; so does a positive temperature too small to divide by (its
+reciprocal overflows float32). Otherwise ``probs = softmax(logits / temperature)``, then:
 
-Whatever the logits hold (huge values from a large guidance scale, inf or NaN), the distribution handed to
-``torch.multinomial`` is finite, non-negative and has a positive sum, so sampling never fails.
+- top_p > 0 (takes precedence): sort the probabilities in descending order, drop every token whose
+  preceding mass already exceeds p (the most likely token always stays), renormalise, draw an index into
+  the sorted order and map it back (``sample_top_p``);
+- else top_k > 0: keep every token whose probability is at least the k-th largest one (ties at the k-th
+  value are all kept), zero the rest in vocabulary order, renormalise and draw over the whole vocabulary
+  (``sample_top_k``; a k past the vocabulary keeps everything, where audiocraft's ``topk`` would fail);
+- else draw from ``probs`` as they are.
+
+The draw is ``torch.multinomial(p, 1)`` written out: ATen draws one sample as ``argmax(p / q)`` with
+``q = Exp(1)`` noise drawn by ``torch.empty_like(p).exponential_(1, generator)`` (an exponential race),
+after two ``.item()`` validity checks that stall a GPU every step. :func:`draw` is that race without the
+checks, so the same generator state draws the same token as ``torch.multinomial`` and as audiocraft, and a
+decode step never waits for the host. Nothing here branches in Python on tensor values.
+
+Whatever the logits hold (huge values from a large guidance scale, inf or NaN), the distribution raced over
+is finite, non-negative and has a positive sum, so sampling never fails: NaN counts as the lowest score,
+infinities as the largest finite ones, and where dividing by the temperature would overflow a row, that
+row's maximum is subtracted first (the softmax is the same). Classifier-free guidance mixes conditional and
+unconditional logits before any of this.
 """
 
 from __future__ import annotations
@@ -44,31 +60,57 @@ def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.T
     return uncond + (cond - uncond) * scale
 
 
+def _scores(logits: torch.Tensor) -> torch.Tensor:
+    """The logits in float32 with NaN as the lowest score and infinities as the largest finite ones."""
+    return torch.nan_to_num(logits.float(), nan=_F32.min, posinf=_F32.max, neginf=_F32.min)
+
+
 def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / temperature) over the last dimension, in float32, always a valid distribution: NaN
-    counts as the lowest score and infinities as the largest finite ones, and the row's maximum is subtracted
-    before dividing (the softmax is the same), so nothing overflows into NaN."""
-    scores = torch.nan_to_num(logits.float(), nan=_F32.min, posinf=_F32.max, neginf=_F32.min)
-    scores = scores - scores.amax(dim=-1, keepdim=True)  # <= 0, the maximum exactly 0 (or -inf below it)
-    return torch.softmax(scores / temperature, dim=-1)
+    """softmax(logits / temperature) over the last dimension (audiocraft's order of operations), in float32,
+    always a valid distribution: in a row where ``logits / temperature`` overflows, the row's maximum is
+    subtracted before dividing (the same softmax, computed without inf - inf)."""
+    scores = _scores(logits)
+    scaled = scores / temperature
+    overflow = torch.isinf(scaled.amax(dim=-1, keepdim=True))
+    shifted = (scores - scores.amax(dim=-1, keepdim=True)) / temperature  # <= 0, the maximum exactly 0
+    return torch.softmax(torch.where(overflow, shifted, scaled), dim=-1)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``probs`` (rows, n), as ``torch.multinomial(probs, 1, generator=generator)``
+    draws it (``argmax(probs / Exp(1))``, the same noise from the same generator), without its host-side
+    checks: (rows, 1) int64. Tokens of probability 0 are never drawn (``multinomial`` could pick one where
+    its noise is exactly 0, a 0/0)."""
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    race = torch.where(probs > 0, probs / q, -1.0)
+    return race.argmax(dim=-1, keepdim=True)
+
+
+def top_k_filter(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """audiocraft's ``sample_top_k`` distribution: tokens with probability >= the k-th largest (ties kept),
+    the rest zeroed in vocabulary order, renormalised."""
+    kth = probs.topk(min(k, probs.shape[-1]), dim=-1).values[..., -1:]
+    kept = probs * (probs >= kth).float()
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def top_p_filter(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """audiocraft's ``sample_top_p`` distribution, in descending order: (renormalised sorted probabilities
+    with every token dropped whose preceding mass exceeds ``p``, the vocabulary index of each position)."""
+    probs_sort, order = probs.sort(dim=-1, descending=True)
+    mass_before = probs_sort.cumsum(dim=-1) - probs_sort
+    kept = probs_sort * (~(mass_before > p)).float()
+    return kept / kept.sum(dim=-1, keepdim=True), order
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """Pick one token per row of ``logits`` (rows, vocab); returns (rows,) int64."""
     if params.greedy:
-        return logits.argmax(dim=-1)
+        return _scores(logits).argmax(dim=-1)
     probs = probabilities(logits, params.temperature)
     if params.top_p > 0.0:
-        probs_sorted, order = probs.sort(dim=-1, descending=True)
-        cumulative = probs_sorted.cumsum(dim=-1)
-        # drop tokens once the mass before them already exceeds p (the most likely token always stays)
-        probs_sorted = probs_sorted.masked_fill(cumulative - probs_sorted > params.top_p, 0.0)
-        probs_sorted = probs_sorted / probs_sorted.sum(dim=-1, keepdim=True)
-        picked = torch.multinomial(probs_sorted, 1, generator=generator)
-        return order.gather(-1, picked).squeeze(-1)
-    if 0 < params.top_k < probs.shape[-1]:
-        top, idx = probs.topk(params.top_k, dim=-1)
-        top = top / top.sum(dim=-1, keepdim=True)
-        picked = torch.multinomial(top, 1, generator=generator)
-        return idx.gather(-1, picked).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        sorted_probs, order = top_p_filter(probs, params.top_p)
+        return order.gather(-1, draw(sorted_probs, generator)).squeeze(-1)
+    if params.top_k > 0:
+        probs = top_k_filter(probs, params.top_k)
+    return draw(probs, generator).squeeze(-1)

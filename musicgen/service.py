@@ -158,7 +158,7 @@ class MusicGen:
             return None, None
         if req.continuation:
             return audio_io.load_prompt(req.input_audio, req.continuation_start, req.end_seconds,
-                                        eng.sample_rate, eng.channels), None
+                                        eng.sample_rate, eng.channels, duration=req.duration), None
         if not eng.is_melody:
             raise MusicGenError(
                 f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "

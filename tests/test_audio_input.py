@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import SR, run
 from musicgen import MusicGenError, audio_io
+from musicgen.inputs import MAX_DURATION
 
 FREQ = 440.0
 SECONDS = 2.0
@@ -219,7 +220,7 @@ HOSTILE = {
     "ten-channels": (lambda: _wav(sine(SR, 10)), "input_audio has 10 channels; at most 8 are supported.", True),
     "rate-4k": (lambda: _wav(sine(4000), 4000), "input_audio has a sample rate of 4000 Hz; supported rates are 8000 to 192000 Hz.", True),
     "rate-384k": (lambda: _wav(sine(384000), 384000), "input_audio has a sample rate of 384000 Hz; supported rates are 8000 to 192000 Hz.", True),
-    "prompt-over-limit": (lambda: _wav(sine(8000, 1, 301.0), 8000), "The continuation prompt (input_audio from 0 s to its end) is longer than the 300 s limit", True),
+    "prompt-over-limit": (lambda: _wav(sine(8000, 1, 301.0), 8000), "The continuation prompt (301.00 s of input_audio) must be shorter than duration (1 s), which is the length of the whole output, prompt included; choose a shorter part with continuation_start and continuation_end.", True),
 }
 
 
@@ -246,8 +247,8 @@ def test_oversized_upload_is_refused_before_decoding(melody_predictor, tmp_path)
 def test_predictor_still_works_after_the_hostile_corpus(melody_predictor, tmp_path):
     path = tmp_path / "ok.wav"
     path.write_bytes(_wav(sine(SR)))
-    out = run(melody_predictor, input_audio=Path(path), continuation=True, duration=1, seed=1)
-    assert sf.info(str(out)).frames == (2 + 1) * SR  # 2 s prompt + 1 s new
+    out = run(melody_predictor, input_audio=Path(path), continuation=True, duration=3, seed=1)
+    assert sf.info(str(out)).frames == 3 * SR  # the 2 s prompt and 1 s of new audio
 
 
 def test_ogg_stream_cut_short_decodes_what_it_holds(tmp_path):
@@ -309,7 +310,7 @@ def test_damaged_files_decode_within_limits_or_fail_with_one_sentence(corpus, tm
             outcomes["refused"] += 1
             return
         assert wav.dtype == torch.float32 and wav.shape[0] == (1 if as_melody else 2)
-        assert audio_io.MIN_AUDIO_SECONDS * SR <= wav.shape[1] <= (audio_io.MAX_PROMPT_SECONDS + 1) * SR
+        assert audio_io.MIN_AUDIO_SECONDS * SR <= wav.shape[1] <= (MAX_DURATION + 1) * SR
         assert torch.isfinite(wav).all()
         outcomes["decoded"] += 1
 

@@ -24,7 +24,7 @@ def test_a_batch_writes_each_output_once_like_alone_and_resumes(checkpoints, tmp
     sf.write(tmp_path / "clip.wav", tone([440.0, 330.0], 2.0), SR)
     lines = [
         {"name": "text", "prompt": "lofi beat", "duration": 2, "seed": 1, "top_k": 50},
-        {"name": "cont", "input_audio": "clip.wav", "continuation": True, "duration": 1, "seed": 2},
+        {"name": "cont", "input_audio": "clip.wav", "continuation": True, "duration": 3, "seed": 2},
         {"name": "bad", "duration": 0},
         {"prompt": "no name, mp3", "duration": 1, "seed": 3, "output_format": "mp3", "classifier_free_guidance": 1},
     ]

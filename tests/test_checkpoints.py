@@ -40,7 +40,7 @@ def test_every_layout_generates_with_its_channel_count(predictors, audio_files, 
     text, _ = read(run(predictor, prompt="strings", duration=1, seed=1))
     assert text.shape == (channels, SR)
     cont, _ = read(run(predictor, input_audio=Path(audio_files["stereo44k"]), continuation=True,
-                       continuation_end=2, duration=1, seed=1))
+                       continuation_end=2, duration=3, seed=1))
     assert cont.shape == (channels, 3 * SR)
     if "melody" in kind:
         mel, _ = read(run(predictor, input_audio=Path(audio_files["wav"]), duration=1, seed=1))

@@ -70,6 +70,14 @@ def test_normalization_targets_on_a_tone():
     assert np.abs(normalize.normalize(loud_tone, SR, "clip")).max() == pytest.approx(10 ** (-1 / 20))
 
 
+def test_wav_samples_are_audiocrafts_16_bit_pcm(tmp_path):
+    # audiocraft pipes float32 to FFmpeg's pcm_s16le: round(x * 32768) (ties to even), clipped to int16
+    samples = np.array([[0.5, -0.5, 1.0, -1.0, 3 / 65536, 5 / 65536, 32767.5 / 32768, -0.25 / 32768]], np.float32)
+    path = output.write_audio(samples, SR, tmp_path, "wav")
+    written, _ = sf.read(str(path), dtype="int16", always_2d=True)
+    assert written[:, 0].tolist() == [16384, -16384, 32767, -32768, 2, 2, 32767, 0]
+
+
 def test_wav_output_is_16_bit_and_exact(tmp_path):
     wav = tone([440.0], 1.0)[None]
     path = output.write_audio(wav, SR, tmp_path, "wav")

@@ -129,10 +129,26 @@ def test_sync_melody_from_data_uri(server):
 def test_sync_continuation_from_http_url(server, receiver):
     receiver.files["/clip.wav"] = wav_bytes(tone([440.0, 330.0], 4.0))
     status, body = server.predict({"input_audio": receiver.url + "/clip.wav", "continuation": True,
-                                   "continuation_start": 1, "continuation_end": 3, "duration": 2, "seed": 3})
+                                   "continuation_start": 1, "continuation_end": 3, "duration": 4, "seed": 3})
     assert status == 200 and body["status"] == "succeeded", body
     wav, sr = decode_output(body["output"][0])
-    assert wav.shape == (1, (2 + 2) * SR)
+    assert wav.shape == (1, 4 * SR)  # duration is the whole clip, the 2 s prompt included
+
+
+PROMPT_TOO_LONG = ("The continuation prompt (10.00 s of input_audio) must be shorter than duration (8 s), which is "
+                   "the length of the whole output, prompt included; set duration to 11 or more, or choose a "
+                   "shorter part with continuation_start and continuation_end.")
+
+
+def test_continuation_duration_is_the_whole_output_prompt_included(server):
+    clip = data_uri(wav_bytes(tone([440.0, 330.0], 3.0)))
+    status, body = server.predict({"input_audio": clip, "continuation": True, "duration": 8, "seed": 5})
+    assert status == 200 and body["status"] == "succeeded", body
+    assert decode_output(body["output"][0])[0].shape == (1, 8 * SR)  # 8.000 s: the 3 s prompt and 5 s new
+    longer = data_uri(wav_bytes(tone([440.0, 330.0], 10.0)))
+    status, body = server.predict({"input_audio": longer, "continuation": True, "duration": 8, "seed": 5})
+    assert status == 200 and body["status"] == "failed", body
+    assert body["error"].endswith(PROMPT_TOO_LONG) and "Traceback" not in body["error"]
 
 
 # ---------------------------------------------------------------- validation and failures
@@ -341,7 +357,7 @@ def _mixed_requests() -> list[dict]:
     return [
         {"prompt": "lofi beat", "duration": 3, "seed": 11, "top_k": 50},
         {"prompt": "piano", "input_audio": melody, "duration": 2, "seed": 12, "top_p": 0.9, "classifier_free_guidance": 1},
-        {"input_audio": clip, "continuation": True, "duration": 2, "seed": 13, "temperature": 0.7},
+        {"input_audio": clip, "continuation": True, "duration": 4, "seed": 13, "temperature": 0.7},
         {"prompt": "a long piece", "duration": 32, "seed": 14, "classifier_free_guidance": 3},  # two windows
     ]
 

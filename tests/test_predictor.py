@@ -8,9 +8,10 @@ import re
 
 import numpy as np
 import pytest
+import soundfile as sf
 from cog import Path
 
-from conftest import SR, read, run
+from conftest import SR, read, run, tone
 from musicgen import GenerationRequest, MusicGenError
 from musicgen.normalize import loudness_lufs
 
@@ -63,16 +64,53 @@ def test_silent_melody_is_refused_with_reason(melody_predictor, audio_files):
         run(melody_predictor, input_audio=Path(audio_files["silent"]), duration=1)
 
 
-@pytest.mark.parametrize("start,end,prompt_s", [(0, None, 4), (1, 3, 2), (1, -1, 3), (2, 99, 2)])
-def test_continuation_length_is_prompt_plus_duration(plain_predictor, audio_files, start, end, prompt_s):
+@pytest.mark.parametrize("start,end", [(0, None), (1, 3), (1, -1), (2, 99)])
+def test_continuation_duration_is_the_whole_output_prompt_included(plain_predictor, audio_files, start, end):
     out = run(plain_predictor, prompt="piano", input_audio=Path(audio_files["wav"]), continuation=True,
-              continuation_start=start, continuation_end=end, duration=2, seed=4)
+              continuation_start=start, continuation_end=end, duration=5, seed=4)
     wav, sr = read(out)
-    assert sr == SR and wav.shape == (1, (prompt_s + 2) * SR)
+    assert sr == SR and wav.shape == (1, 5 * SR)
+
+
+def test_a_3_s_prompt_with_duration_8_gives_8_s(plain_predictor, audio_files):
+    out = run(plain_predictor, input_audio=Path(audio_files["wav"]), continuation=True, continuation_start=1,
+              duration=8, seed=4)  # the 4 s clip from 1 s: a 3 s prompt
+    assert sf.info(str(out)).frames == 8 * SR  # 8.000 s, as audiocraft's duration
+
+
+@pytest.mark.parametrize("prompt_s,duration,shown,advice", [
+    (10.0, 8, "10.00", "set duration to 11 or more, or "),
+    (7.99, 8, "8.00", "set duration to 9 or more, or "),  # 399.5 frames: the encoder pads it to 400, no room left
+    (4.0, 4, "4.00", "set duration to 5 or more, or "),
+])
+def test_a_prompt_not_shorter_than_duration_is_refused_with_one_sentence(plain_predictor, tmp_path, prompt_s,
+                                                                         duration, shown, advice):
+    path = tmp_path / "long.wav"
+    sf.write(path, tone([440.0, 330.0], prompt_s), SR)
+    with pytest.raises(MusicGenError) as err:
+        run(plain_predictor, input_audio=Path(path), continuation=True, duration=duration, seed=1)
+    assert str(err.value) == (
+        f"The continuation prompt ({shown} s of input_audio) must be shorter than duration ({duration} s), which is "
+        f"the length of the whole output, prompt included; {advice}choose a shorter part with continuation_start "
+        "and continuation_end.")
+
+
+def test_the_whole_prompt_is_encoded_its_last_partial_frame_padded(plain_predictor, tmp_path):
+    """audiocraft encodes every prompt sample (EnCodec pads the last partial frame): 3.013 s is 150.65
+    frames, so 151 frames of context, and the output is still exactly ``duration``."""
+    from musicgen.request import GenerationRequest
+
+    path = tmp_path / "odd.wav"
+    sf.write(path, tone([440.0], 3.013), SR)
+    windows = []
+    result = plain_predictor.musicgen.predict(
+        GenerationRequest(input_audio=path, continuation=True, duration=4, seed=2), tmp_path, on_window=windows.append)
+    assert [(w.context.shape[1], w.new.shape[1]) for w in windows] == [(151, 4 * 50 - 151)]
+    assert sf.info(str(result.paths[0])).frames == 4 * SR
 
 
 def test_continuation_depends_on_the_prompt_audio(plain_predictor, audio_files):
-    common = dict(prompt="piano", continuation=True, duration=1, seed=8, temperature=0.0)
+    common = dict(prompt="piano", continuation=True, duration=5, seed=8, temperature=0.0)
     a = read(run(plain_predictor, input_audio=Path(audio_files["wav"]), **common))[0]
     b = read(run(plain_predictor, input_audio=Path(audio_files["other_melody"]), **common))[0]
     assert a.shape == b.shape and not np.array_equal(a[:, -SR:], b[:, -SR:])
@@ -80,7 +118,7 @@ def test_continuation_depends_on_the_prompt_audio(plain_predictor, audio_files):
 
 def test_continuation_on_melody_model_with_resampled_stereo_input(melody_predictor, audio_files):
     out = run(melody_predictor, input_audio=Path(audio_files["stereo44k"]), continuation=True,
-              continuation_start=2, continuation_end=5, duration=1, seed=2)
+              continuation_start=2, continuation_end=5, duration=4, seed=2)
     wav, _ = read(out)
     assert wav.shape == (1, 4 * SR)
 
@@ -283,8 +321,8 @@ def test_earlier_outputs_are_removed_once_later_predictions_have_started(plain_p
 @pytest.mark.parametrize("duration,windows", [(2, 1), (3, 2), (6, 5)])
 @pytest.mark.parametrize("mode", ["text", "melody", "continuation"])
 def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_files, caplog, duration, windows, mode):
-    if mode == "continuation":  # the 1 s prompt is the first window's whole context (1 s new), then 1.2 s each
-        windows = {2: 2, 3: 3, 6: 6}[duration]
+    # continuation: the 1 s prompt is the first window's whole context (1 s new), then 1.2 s each, up to
+    # `duration` in all: as many windows as text alone
     from musicgen.engine import WindowSettings
 
     engine = melody_predictor.musicgen.engine
@@ -299,8 +337,7 @@ def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_fil
         again, _ = read(run(melody_predictor, prompt="folk", duration=duration, seed=21, **extra))
     finally:
         engine.windows = saved
-    prompt_s = 1 if mode == "continuation" else 0
-    assert wav.shape == (1, (prompt_s + duration) * SR)
+    assert wav.shape == (1, duration * SR)
     assert (f"window {windows}/{windows}" in caplog.text) == (windows > 1)
     np.testing.assert_array_equal(wav, again)  # seeds reproduce long outputs
 

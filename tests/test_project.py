@@ -16,9 +16,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import yaml
 
-from conftest import DATA, ROOT, SR, read
+from conftest import DATA, ROOT, SR, read, tone
 from musicgen import MusicGenError, WeightsNotFoundError
 from musicgen.inputs import INPUTS, SPECS
 
@@ -201,6 +202,22 @@ def test_cli_flags_are_the_inputs_with_their_defaults():
         assert getattr(args, spec.name) == expected, spec.name
     args = parser.parse_args(["--continuation", "--continuation-end", "none", "--seed", "-1", "--top-p", "0.5"])
     assert (args.continuation, args.continuation_end, args.seed, args.top_p) == (True, None, -1, 0.5)
+
+
+def test_cli_continuation_duration_is_the_whole_output_prompt_included(checkpoints, tmp_path):
+    sf.write(tmp_path / "three.wav", tone([440.0, 330.0], 3.0), SR)
+    sf.write(tmp_path / "ten.wav", tone([440.0, 330.0], 10.0), SR)
+    weights = str(checkpoints["plain"])
+    proc = _cli("--input-audio", str(tmp_path / "three.wav"), "--continuation", "--duration", "8", "--seed", "1",
+                "--weights", weights, "-o", str(tmp_path / "out.wav"))
+    assert proc.returncode == 0, proc.stderr
+    assert sf.info(str(tmp_path / "out.wav")).frames == 8 * SR  # 8.000 s: the 3 s prompt and 5 s new
+    proc = _cli("--input-audio", str(tmp_path / "ten.wav"), "--continuation", "--duration", "8", "--weights", weights)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: The continuation prompt (10.00 s of input_audio) must be shorter than duration (8 s), which is the "
+        "length of the whole output, prompt included; set duration to 11 or more, or choose a shorter part with "
+        "continuation_start and continuation_end.")
 
 
 def test_cli_reports_bad_input_in_one_line(checkpoints):

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from musicgen.sampling import SamplingParams, apply_cfg, probabilities, sample_next
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from musicgen.sampling import SamplingParams, apply_cfg, probabilities, sample_next, top_k_filter, top_p_filter
+from musicgen.sampling import draw as race
 
 DRAWS = 4000
 
@@ -62,6 +65,109 @@ def test_top_k_samples_exactly_the_k_most_likely_tokens(k):
     logits = torch.arange(10.0).flip(0)[None] * 0.1  # token 0 most likely, nearly flat
     seen = set(draw(logits, top_k=k).tolist())
     assert seen == set(range(k))
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth_probability():
+    # audiocraft's sample_top_k keeps p >= the k-th largest value: with k = 2 the three tokens tied at 0.2
+    # all stay (k = 2 sorted values would keep only two of them), renormalised over 0.9
+    probs = torch.tensor([[0.3, 0.2, 0.2, 0.2, 0.1]])
+    expected = torch.tensor([[0.3, 0.2, 0.2, 0.2, 0.0]]) / 0.9
+    assert torch.allclose(top_k_filter(probs, 2), expected, atol=1e-7, rtol=0)
+    tokens = draw(logits_of([0.3, 0.2, 0.2, 0.2, 0.1]), top_k=2)
+    assert set(tokens.tolist()) == {0, 1, 2, 3}
+    assert torch.allclose(frequencies(tokens, 5), expected[0], atol=0.03)
+
+
+@pytest.mark.parametrize("p,kept", [(0.5, [0.5, 0.25, 0.0, 0.0]), (0.74, [0.5, 0.25, 0.0, 0.0]),
+                                    (0.75, [0.5, 0.25, 0.125, 0.0]), (0.875, [0.5, 0.25, 0.125, 0.125])])
+def test_top_p_keeps_a_token_whose_preceding_mass_equals_p(p, kept):
+    # exact binary fractions: the mass before each sorted token is 0, 0.5, 0.75, 0.875 with no rounding;
+    # audiocraft drops a token only when that mass is strictly greater than p
+    probs = torch.tensor([[0.125, 0.5, 0.125, 0.25]])
+    sorted_probs, order = top_p_filter(probs, p)
+    expected = torch.tensor([kept]) / sum(kept)
+    assert torch.equal(sorted_probs, expected)
+    assert order[0, :2].tolist() == [1, 3]  # sorted positions map back to vocabulary ids
+
+
+def test_draw_is_torch_multinomial_from_the_same_generator_state():
+    """The exponential race gives torch.multinomial's token and leaves the generator where it leaves it."""
+    for seed in range(200):
+        make = torch.Generator().manual_seed(seed + 10_000)
+        probs = torch.rand(8, 2048, generator=make) * (torch.rand(8, 2048, generator=make) > 0.9)
+        probs[:, seed % 2048] += 1e-3  # every row drawable
+        if seed % 2:
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(race(probs, ours), torch.multinomial(probs, 1, generator=theirs)), seed
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def audiocraft_next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """The reference: audiocraft 1.3's LMModel._sample_next_token and utils.sample_top_k / sample_top_p /
+    multinomial, statement for statement, with torch.multinomial drawing (and a generator passed to it)."""
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p > 0.0:
+        probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
+        probs_sum = torch.cumsum(probs_sort, dim=-1)
+        mask = probs_sum - probs_sort > params.top_p
+        probs_sort *= (~mask).float()
+        probs_sort.div_(probs_sort.sum(dim=-1, keepdim=True))
+        next_token = torch.multinomial(probs_sort, num_samples=1, generator=generator)
+        return torch.gather(probs_idx, -1, next_token)[:, 0]
+    if params.top_k > 0:
+        top_k_value, _ = torch.topk(probs, params.top_k, dim=-1)
+        min_value_top_k = top_k_value[..., [-1]]
+        probs *= (probs >= min_value_top_k).float()
+        probs.div_(probs.sum(dim=-1, keepdim=True))
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_k=3, temperature=0.7),
+                                    SamplingParams(top_k=2048), SamplingParams(top_k=0, temperature=1.3),
+                                    SamplingParams(top_p=0.8, top_k=250), SamplingParams(top_p=0.05, temperature=2.0)])
+def test_the_same_generator_draws_audiocrafts_token(params):
+    for seed in range(100):
+        logits = torch.randn(8, 2048, generator=torch.Generator().manual_seed(seed)) * 4
+        logits[:, 100:140] = logits[:, 7:8]  # ties, some of them at the k-th value
+        ours = sample_next(logits, params, torch.Generator().manual_seed(seed))
+        assert torch.equal(ours, audiocraft_next_token(logits, params, torch.Generator().manual_seed(seed))), seed
+
+
+class _Ops(TorchDispatchMode):
+    """Records the ATen operators a piece of code runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_p=0.9), SamplingParams(top_k=0),
+                                    SamplingParams(temperature=0.0)])
+def test_sampling_never_reads_a_value_on_the_host(params):
+    """No .item()/bool() (aten._local_scalar_dense, a device sync), no torch.multinomial (two of them
+    inside), and no Python branch on a value: it runs on meta tensors, which hold no values at all."""
+    logits = torch.randn(6, 2048, generator=torch.Generator().manual_seed(0))
+    with _Ops() as recorded:
+        sample_next(logits, params, torch.Generator().manual_seed(0))
+    assert recorded.ops and not recorded.ops & {"_local_scalar_dense", "multinomial", "item"}
+    assert sample_next(torch.empty(6, 2048, device="meta"), params, None).shape == (6,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_on_cuda_never_synchronizes():
+    logits = torch.randn(16, 2048, device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for params in (SamplingParams(), SamplingParams(top_p=0.9), SamplingParams(top_k=0)):
+            sample_next(logits, params, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_top_k_0_or_past_the_vocabulary_samples_the_whole_distribution():

@@ -152,8 +152,8 @@ def test_missing_separation_weights_fail_melody_requests_with_one_sentence(check
         "MUSICGEN_MELODY_STEMS=0 to follow the raw mix's melody.")
     text = service.predict(GenerationRequest(prompt="jazz", duration=1, seed=1)).paths[0]  # text still works
     assert read(text)[0].shape == (1, SR)
-    cont = service.predict(GenerationRequest(input_audio=Path(audio_files["wav"]), continuation=True, duration=1))
-    assert read(cont.paths[0])[0].shape == (1, 5 * SR)
+    cont = service.predict(GenerationRequest(input_audio=Path(audio_files["wav"]), continuation=True, duration=5))
+    assert read(cont.paths[0])[0].shape == (1, 5 * SR)  # the 4 s prompt and 1 s of new audio
 
 
 def test_damaged_separation_weights_fail_melody_requests_not_setup(checkpoints, stems_weights, tmp_path, audio_files):
