@@ -101,3 +101,23 @@ def test_request_side_work_is_bounded_by_the_plan():
         for t in threads:
             t.join()
         assert work.peak == inside and work.running == 0
+
+
+def test_the_plan_is_exported_as_metrics(real_rows):
+    from http_helpers import free_port
+    import urllib.request
+
+    from musicgen import metrics
+
+    row = real_rows["facebook/musicgen-melody"]
+    plan = memory.plan(weights=row.weights, free=int(T4) - gpu_memory.CONTEXT_BYTES, total=int(T4), cap=8,
+                       per_slot=row.per_slot, prefill=row.prefill, per_request_work=row.per_request_work,
+                       checkpoint="facebook/musicgen-melody", card="T4")
+    port = free_port()
+    metrics.serve(port, plan.slots, plan, host="127.0.0.1")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("musicgen_")}
+    assert values["musicgen_slots"] == plan.slots and values["musicgen_request_workers"] == plan.request_workers
+    assert values['musicgen_memory_bytes{part="kv_cache"}'] == plan.slots * row.per_slot
+    assert values['musicgen_memory_bytes{part="weights"}'] == row.weights
+    assert values['musicgen_memory_bytes{part="headroom"}'] == plan.headroom

@@ -95,3 +95,23 @@ def test_cuda_without_a_gpu_fails_the_cog_servers_setup_with_the_sentence(checkp
         assert request("POST", server.url + "/predictions", {"input": {"prompt": "x"}})[0] == 503
     finally:
         server.stop()
+
+
+def test_each_windows_melody_chroma_is_computed_in_the_requests_thread(melody_predictor, audio_files, monkeypatch):
+    from musicgen.engine import WindowSettings
+
+    engine = melody_predictor.musicgen.engine
+    monkeypatch.setattr(engine, "windows", WindowSettings(window_s=2.0, stride_s=1.2))  # 3 s: two windows
+    threads, chroma = [], engine.melody_chroma
+
+    def watched(*args):
+        threads.append(threading.current_thread().name)
+        return chroma(*args)
+
+    monkeypatch.setattr(engine, "melody_chroma", watched)
+    windows = []
+    melody_predictor.musicgen.predict(GenerationRequest(prompt="folk", input_audio=audio_files["wav"],
+                                                        duration=3, seed=5), on_window=windows.append)
+    assert len(windows) == 2 and threads == [threading.current_thread().name] * 2  # never the decode loop's
+    assert all(w.melody_chroma is not None for w in windows)
+    assert not windows[0].melody_chroma.equal(windows[1].melody_chroma)  # each at its own place in time
