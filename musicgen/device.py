@@ -8,11 +8,14 @@ takes the GPU when PyTorch sees one, else the CPU; ``cpu`` is the CPU on purpose
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from .errors import MusicGenError
+
+log = logging.getLogger(__name__)
 
 # the NVIDIA driver each CUDA major version's builds of PyTorch need; the GPU image's pinned torch 2.13.0 is a
 # CUDA 13 build, which has kernels for Turing (T4) and newer cards only (Volta, V100, is gone from CUDA 13)
@@ -53,6 +56,8 @@ def resolve(name: str) -> torch.device:
     """The device MUSICGEN_DEVICE ``name`` (auto, cpu, cuda) means on this machine."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu" and torch.version.cuda is not None:  # a GPU build without a GPU: say so
+            log.warning("MUSICGEN_DEVICE=auto: PyTorch sees no GPU (%s); serving on the CPU", _no_gpu())
     if name == "cuda":
         if not torch.cuda.is_available():
             raise MusicGenError(f"MUSICGEN_DEVICE=cuda but PyTorch sees no GPU: {_no_gpu()}; to serve on the "

@@ -21,7 +21,9 @@ from .scheduler import CACHE_BUCKET, ROWS_PER_SLOT
 GB = 1e9
 # peak working memory of one piece of request-side work, float32 (bench/request_memory.py, rounded up)
 ENCODEC_BYTES_PER_SAMPLE = 1500  # per output sample of a chunk (decode) or input sample (encode), 64 filters
-DEMUCS_SEGMENT_BYTES = int(1.5 * GB)  # one HTDemucs segment (7.8 s, stereo, 44.1 kHz)
+# one HTDemucs segment (7.8 s, stereo, 44.1 kHz: 0.64 GB measured) and apply_model's output for the whole
+# melody, which it keeps on the device (four stereo stems: 0.4 GB for 300 s)
+DEMUCS_SEGMENT_BYTES = int(1.5 * GB)
 T5_BYTES = int(0.1 * GB)  # T5-base over 512 tokens
 CODEC_CONTEXT_FRAMES = 50  # musicgen.codec's overlap on each side of a chunk
 RESERVE_FRACTION = 0.05  # of the card: the caching allocator's fragmentation, cuBLAS/cuDNN workspaces
