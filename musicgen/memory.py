@@ -98,7 +98,7 @@ class MemoryPlan:
 
     slots: int
     request_workers: int
-    free: int  # the card's free memory before loading
+    free: int  # the card's memory this process can use, its weights included
     weights: int
     per_slot: int
     prefill: int
@@ -123,7 +123,7 @@ class MemoryPlan:
 
 def plan(*, per_slot: int, weights: int, free: int, total: int, prefill: int, per_request_work: int,
          cap: int, checkpoint: str, card: str) -> MemoryPlan:
-    """Slots for ``free`` bytes (the card's free memory before loading; ``total``: its size) holding
+    """Slots for ``free`` bytes (the card's memory this process can use, weights included; ``total``: its size) holding
     ``weights``, the decode loop's ``prefill`` and up to ``REQUEST_WORKERS`` request-side works of
     ``per_request_work`` (one when two leave no slot), at most ``cap`` slots. Raises ``MusicGenError`` with
     one sentence when not even one slot fits."""

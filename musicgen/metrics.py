@@ -9,8 +9,8 @@ so the predictor serves, on its own port (``GET /metrics``, Prometheus' text for
   error), ``canceled``;
 - ``musicgen_audio_seconds_total`` — seconds of music generated;
 - on a GPU, the memory plan the slots come from (``musicgen.memory``): ``musicgen_memory_bytes{part}``
-  (``free`` before loading, ``weights``, ``kv_cache``, ``headroom``) and ``musicgen_request_workers``
-  (request-side works at once).
+  (``free`` to this process, weights included; ``weights``, ``kv_cache``, ``headroom``) and
+  ``musicgen_request_workers`` (request-side works at once).
 
 The Kubernetes HorizontalPodAutoscaler in ``deploy/kubernetes/`` keeps the average of
 ``musicgen_requests_in_flight`` per replica at cog.yaml's ``concurrency.default_target``.
@@ -31,8 +31,8 @@ IN_FLIGHT = Gauge("musicgen_requests_in_flight", "Predictions running now (decod
 SLOTS = Gauge("musicgen_slots", "Requests the model decodes at once.")
 REQUESTS = Counter("musicgen_requests", "Finished predictions, by outcome.", ["outcome"])
 AUDIO_SECONDS = Counter("musicgen_audio_seconds", "Seconds of music generated.")
-MEMORY = Gauge("musicgen_memory_bytes", "The GPU memory plan: free before loading, weights, KV cache, headroom.",
-               ["part"])
+MEMORY = Gauge("musicgen_memory_bytes",
+               "The GPU memory plan: free to this process (weights included), weights, KV cache, headroom.", ["part"])
 REQUEST_WORKERS = Gauge("musicgen_request_workers", "Request-side GPU works (text encoder, codec, stems) at once.")
 for _outcome in ("succeeded", "failed", "canceled"):
     REQUESTS.labels(_outcome)  # every series exists from the start, at 0

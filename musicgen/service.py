@@ -264,11 +264,15 @@ def _card(device: torch.device) -> str:
 
 def _memory_plan(engine: Engine, checkpoint: str, settings: Settings, device: torch.device, free: int, total: int,
                  stems: bool) -> memory.MemoryPlan:
-    """Slots for what the card had free before loading, now that the weights are in (``musicgen.memory``)."""
+    """Slots for the card's free memory once the weights are in (``musicgen.memory``): what is free now (after
+    returning the loading's cached blocks, and whatever other processes hold) plus the weights, at most what
+    was free before loading."""
     shapes = memory.ModelShapes.of(engine.model.config, engine.window_frames)
     state_bytes = engine.backend.decoder.state_dtype.itemsize
-    plan = memory.plan(per_slot=memory.slot_bytes(shapes, state_bytes),
-                       weights=torch.cuda.memory_allocated(device), free=free, total=total,
+    torch.cuda.empty_cache()
+    weights = torch.cuda.memory_allocated(device)
+    free = min(free, torch.cuda.mem_get_info(device)[0] + weights)
+    plan = memory.plan(per_slot=memory.slot_bytes(shapes, state_bytes), weights=weights, free=free, total=total,
                        prefill=memory.prefill_bytes(shapes, state_bytes),
                        per_request_work=memory.request_bytes(shapes, stems), cap=settings.slots(device),
                        checkpoint=checkpoint, card=_card(device))
