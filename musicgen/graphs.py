@@ -46,10 +46,10 @@ def round_up(n: int, bucket: int) -> int:
 
 
 class GraphStep:
-    def __init__(self, decoder: FastDecoder, slots: int, length: int, capture: bool | None = None,
-                 compile: bool = False, compile_backend: str | Callable | None = None):
-        """``slots`` requests of up to ``length`` positions (prefix included; the cache grows if a request
-        needs more). ``capture`` (default: on CUDA): replay CUDA graphs; ``compile``: the step through
+    def __init__(self, decoder: FastDecoder, slots: int, length: int, text_length: int = 0,
+                 capture: bool | None = None, compile: bool = False, compile_backend: str | Callable | None = None):
+        """``slots`` requests of up to ``length`` positions (prefix included) and texts of ``text_length``
+        tokens (both grow if a request needs more). ``capture`` (default: on CUDA): replay CUDA graphs; ``compile``: the step through
         ``torch.compile`` (``compile_backend``, default the decoder's), captured on CUDA."""
         self.decoder, self.slots, self.rows = decoder, slots, ROWS_PER_SLOT * slots
         device = decoder.device
@@ -60,7 +60,8 @@ class GraphStep:
         self.length = 0
         self.caches: list = []
         self._fn = None
-        self.text: list[CrossKV] | None = decoder.new_text(self.rows, TEXT_BUCKET) if decoder.cross else None
+        text_length = round_up(text_length, TEXT_BUCKET)
+        self.text: list[CrossKV] | None = decoder.new_text(self.rows, text_length) if decoder.cross else None
         self._grow(length)
         self.compile_backend = compile_backend or decoder.compile_backend
         self._fn = self._compiled() if compile else decoder.fixed_step

@@ -7,7 +7,10 @@ so the predictor serves, on its own port (``GET /metrics``, Prometheus' text for
 - ``musicgen_slots`` — requests the model decodes at once;
 - ``musicgen_requests_total{outcome}`` — finished predictions: ``succeeded``, ``failed`` (a bad input or an
   error), ``canceled``;
-- ``musicgen_audio_seconds_total`` — seconds of music generated.
+- ``musicgen_audio_seconds_total`` — seconds of music generated;
+- on a GPU, the memory plan the slots come from (``musicgen.memory``): ``musicgen_memory_bytes{part}``
+  (``free`` to this process, weights included; ``weights``, ``kv_cache``, ``headroom``) and
+  ``musicgen_request_workers`` (request-side works at once).
 
 The Kubernetes HorizontalPodAutoscaler in ``deploy/kubernetes/`` keeps the average of
 ``musicgen_requests_in_flight`` per replica at cog.yaml's ``concurrency.default_target``.
@@ -28,6 +31,9 @@ IN_FLIGHT = Gauge("musicgen_requests_in_flight", "Predictions running now (decod
 SLOTS = Gauge("musicgen_slots", "Requests the model decodes at once.")
 REQUESTS = Counter("musicgen_requests", "Finished predictions, by outcome.", ["outcome"])
 AUDIO_SECONDS = Counter("musicgen_audio_seconds", "Seconds of music generated.")
+MEMORY = Gauge("musicgen_memory_bytes",
+               "The GPU memory plan: free to this process (weights included), weights, KV cache, headroom.", ["part"])
+REQUEST_WORKERS = Gauge("musicgen_request_workers", "Request-side GPU works (text encoder, codec, stems) at once.")
 for _outcome in ("succeeded", "failed", "canceled"):
     REQUESTS.labels(_outcome)  # every series exists from the start, at 0
 
@@ -57,9 +63,14 @@ def generated(seconds: float) -> None:
     AUDIO_SECONDS.inc(seconds)
 
 
-def serve(port: int, slots: int, host: str = "0.0.0.0") -> None:
-    """Serve /metrics on ``port`` (once per process; a second call for the same port does nothing)."""
+def serve(port: int, slots: int, plan=None, host: str = "0.0.0.0") -> None:
+    """Serve /metrics on ``port`` (once per process; a second call for the same port does nothing), with the
+    slots and, on a GPU, the memory ``plan`` (``musicgen.memory.MemoryPlan``) they come from."""
     SLOTS.set(slots)
+    if plan is not None:
+        for part in ("free", "weights", "kv_cache", "headroom"):
+            MEMORY.labels(part).set(getattr(plan, part))
+        REQUEST_WORKERS.set(plan.request_workers)
     with _lock:
         if port in _served:
             return

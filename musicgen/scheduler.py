@@ -40,6 +40,7 @@ import torch
 from .backends import FastBackend
 from .decoder import Segment
 from .graphs import ROWS_PER_SLOT, grow_caches
+from .memory import ModelShapes
 from .sequence import Cancelled, Sequence
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,11 @@ class Scheduler:
             if engine.is_melody:  # the melody prefix: chroma frames and the text
                 prefix = engine.model.config.chroma_length + 64
             if backend.static:
-                self.graph = backend.graph_step(self.slots, backend.window_len + prefix)
+                # every buffer at the longest request's size from the start (what the memory plan counts):
+                # growing one mid-serving would hold two copies and record every graph again
+                shapes = ModelShapes.of(engine.model.config, engine.window_frames)
+                self.graph = backend.graph_step(self.slots, shapes.cache_positions,
+                                                shapes.text_tokens if shapes.cross_attention else 0)
                 self.caches = self.graph.caches
             else:
                 self.caches, self.length = grow_caches(decoder, [], ROWS_PER_SLOT * self.slots,

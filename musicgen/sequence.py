@@ -110,6 +110,28 @@ class Sequence:
         self.cond: Conditioning | None = None
         self.chroma: torch.Tensor | None = None
         self.window: WindowRun | None = None
+        # each window's melody chroma, computed here, in the request's own thread and on its device, before
+        # the request joins a decode loop (an STFT per window would hold up every request in the loop)
+        self.chromas = self._chromas()
+
+    def _chromas(self) -> list[torch.Tensor | None]:
+        """The chroma each window is conditioned on: the melody at the window's place in time (one window:
+        the melody as is); None without a melody."""
+        if self.melody is None:
+            return [None] * len(self.plan)
+        engine, windowed = self.engine, len(self.plan) > 1
+        melody = self.melody.to(engine.device)
+        chromas, end = [], self.end
+        with one_thread():  # the same bits whatever the thread's core count
+            for ctx_len, n in self.plan:
+                chromas.append(engine.melody_chroma(melody, end - ctx_len, engine.window_frames if windowed else None))
+                end += n
+        return chromas
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The device tensors this sequence brings to a decode loop (``RequestWork.hand_off``)."""
+        text = [self.text.hidden, self.text.mask]
+        return [t for t in [*text, *self.out, *self.chromas] if t is not None]
 
     @property
     def done(self) -> bool:
@@ -121,10 +143,8 @@ class Sequence:
         self.context = self.context[:, self.context.shape[1] - ctx_len :]
         windowed = len(self.plan) > 1
         if self.cond is None or (self.melody is not None and windowed):  # the melody at the window's time
+            self.chroma = self.chromas[self.index]
             with one_thread():  # in the decode loop's thread: the same bits whatever its thread count
-                if self.melody is not None:
-                    self.chroma = engine.melody_chroma(self.melody, self.end - ctx_len,
-                                                       engine.window_frames if windowed else None)
                 self.cond = engine.conditioner.condition(self.text, self.chroma, self.params.cfg_scale)
         if windowed and self.note is not None:
             self.note(f"window {self.index + 1}/{len(self.plan)}: {ctx_len} frames of context, {n} new frames")

@@ -10,18 +10,19 @@ import shutil
 import time
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import audio_io, hub, loading, metrics, normalize, output
+from . import audio_io, hub, loading, memory, metrics, normalize, output
 from .engine import Engine, Progress, WindowEvent, WindowSettings
 from .errors import MusicGenError, WeightsNotFoundError
+from .gpu_work import RequestWork
 from .quant import one_thread
 from .request import GenerationRequest
+from .retention import OutputRetention
 from .sampling import SamplingParams
 from .scheduler import Scheduler
 from .settings import Settings
@@ -85,21 +86,22 @@ class ProgressLog:
 class MusicGen:
     """A loaded checkpoint ready to serve requests."""
 
-    def __init__(self, engine: Engine, name: str, stems_missing: str | None = None, slots: int = 1):
+    def __init__(self, engine: Engine, name: str, stems_missing: str | None = None, slots: int = 1,
+                 concurrency: int | None = None, memory_plan: memory.MemoryPlan | None = None):
         """``stems_missing``: why a melody checkpoint cannot separate melody stems (the sentence a melody
         request fails with), when stem separation is wanted and its weights could not be had. ``slots``:
-        how many requests decode at once (``predict`` may be called from that many threads)."""
+        how many requests decode at once (``predict`` may be called from any number of threads; the others
+        wait for a slot). ``concurrency``: how many predictions the server runs at once (Cog's
+        COG_MAX_CONCURRENCY), which sets how long returned files are kept (``musicgen.retention``).
+        ``memory_plan``: on a GPU, the plan the slots come from; it also bounds the request-side work."""
         self.engine = engine
         self.name = name
         self.stems_missing = stems_missing
+        self.memory_plan = memory_plan
         self.scheduler = Scheduler(engine, slots)
         weakref.finalize(self, self.scheduler.close)  # a dropped model's decode loop ends (and frees it)
-        # the directories of recent predictions' files, each removed once enough later predictions have
-        # started that Cog has surely taken it (the last one when one request runs at a time), when this
-        # object is collected, or at exit (weakref.finalize, without keeping the model alive)
-        self._outputs: deque[weakref.finalize] = deque()
-        self._keep_outputs = 2 * self.scheduler.slots - 1
-        self._outputs_lock = threading.Lock()
+        self.request_work = RequestWork(engine.device, memory_plan.request_workers if memory_plan else None)
+        self.outputs = OutputRetention(self, concurrency)
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
@@ -121,16 +123,23 @@ class MusicGen:
             )
         dev = settings.torch_device()
         decode_precision = settings.decode_precision(dev)
-        # the fast decoder converts the decoder's weights on their way to a GPU: they stay mapped on the CPU
-        decoder_device = torch.device("cpu") if backend == "fast" and dev.type == "cuda" else None
-        model, tokenizer = loading.load(path, dev, decoder_device)
-        separator, stems_missing = None, None
-        if model.config.model_type == "musicgen_melody":
-            separator, stems_missing = _load_separator(settings, dev, allow_download)
-        compile = settings.compile_on(dev)
-        engine = Engine(model, tokenizer, windows, backend=backend, precision=decode_precision,
-                        compile=compile, static_step=settings.fixed_step(dev), separator=separator)
-        engine.release_reference_weights()
+        free, total = torch.cuda.mem_get_info(dev) if dev.type == "cuda" else (0, 0)
+        try:
+            # the fast decoder converts the decoder's weights on their way to a GPU: they stay mapped on the CPU
+            decoder_device = torch.device("cpu") if backend == "fast" and dev.type == "cuda" else None
+            model, tokenizer = loading.load(path, dev, decoder_device)
+            separator, stems_missing = None, None
+            if model.config.model_type == "musicgen_melody":
+                separator, stems_missing = _load_separator(settings, dev, allow_download)
+            compile = settings.compile_on(dev)
+            engine = Engine(model, tokenizer, windows, backend=backend, precision=decode_precision,
+                            compile=compile, static_step=settings.fixed_step(dev), separator=separator)
+            engine.release_reference_weights()
+        except torch.OutOfMemoryError as exc:
+            raise memory.does_not_fit(path.name, _card(dev), free, total, "loading its weights ran out of memory") from exc
+        plan = None
+        if dev.type == "cuda" and backend == "fast":
+            plan = _memory_plan(engine, path.name, settings, dev, free, total, stems=separator is not None)
         if compile and backend == "fast" and not engine.backend.static:
             # compile now, with a request's shapes, rather than in the first request (one compilation serves
             # every later request; a compiler failure, now or later, falls back to the eager step); the
@@ -143,9 +152,9 @@ class MusicGen:
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
                  time.monotonic() - started)
-        slots = settings.slots(dev)
+        slots = plan.slots if plan is not None else settings.slots(dev)
         log.info("decoding up to %d request(s) at once", slots)
-        return cls(engine, path.name, stems_missing, slots)
+        return cls(engine, path.name, stems_missing, slots, settings.server_concurrency, plan)
 
     @property
     def sample_rate(self) -> int:
@@ -183,14 +192,15 @@ class MusicGen:
         predict at once: their requests are decoded together (``musicgen.scheduler``), each giving the bytes
         it gives alone.
 
-        Without ``output_dir`` each call writes into a fresh temporary directory, removed once later
-        predictions have started (its files have been handed over by then)."""
+        Without ``output_dir`` each call writes into a fresh temporary directory, removed once enough later
+        predictions have returned and some time has passed (``musicgen.retention``; pass ``output_dir`` to
+        keep the files)."""
         # A request's own torch work (text encoder, codec, separation) runs single-threaded, in its caller's
         # thread: the decode loop's thread is then the only one with an OpenMP thread team (a second team in
         # another thread made a decode step's small operations about 3x slower, measured on 2 cores:
         # libgomp throttles its spinning when teams outnumber the cores), and a request's bytes depend
         # neither on how many requests the deployment decodes at once nor on the machine's cores.
-        with one_thread(), metrics.track():
+        with one_thread(), metrics.track(), self.outputs.prediction():
             result = self._predict(req, output_dir, progress, on_window, cancel)
         metrics.generated(req.duration)
         return result
@@ -199,7 +209,7 @@ class MusicGen:
         """Serve Prometheus metrics (:mod:`musicgen.metrics`) when MUSICGEN_METRICS_PORT is set."""
         port = (settings or Settings.from_env()).metrics_port
         if port:
-            metrics.serve(port, self.scheduler.slots)
+            metrics.serve(port, self.scheduler.slots, self.memory_plan)
 
     def _predict(self, req: GenerationRequest, output_dir: str | Path | None, progress: Progress | None,
                  on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:
@@ -214,22 +224,30 @@ class MusicGen:
         read = time.monotonic()
 
         generator = torch.Generator(device=eng.device).manual_seed(seed)
-        sequence = eng.sequence(req.text, req.duration, SamplingParams.of(req), generator, prompt_wav=prompt_wav,
-                                melody_wav=melody_wav, progress=progress or ProgressLog(), on_window=on_window)
+        with self.request_work():  # text encoder, prompt codes, stems, each window's chroma
+            sequence = eng.sequence(req.text, req.duration, SamplingParams.of(req), generator,
+                                    prompt_wav=prompt_wav, melody_wav=melody_wav,
+                                    progress=progress or ProgressLog(), on_window=on_window)
+        self.request_work.hand_off(sequence.tensors())
         codes = self.scheduler.run(sequence, cancel)
         decoded = time.monotonic()
-        wav = eng.decode(codes)
+        with self.request_work():
+            wav = eng.decode(codes)
         generated = time.monotonic()
         log.info("tokens %.1f s, audio decoding %.1f s", decoded - read, generated - decoded)
 
         wav = normalize.normalize(wav.numpy(), eng.sample_rate, req.normalization_strategy)
-        if output_dir is None:
+        fresh = output_dir is None
+        if fresh:
             output_dir = output.new_output_dir()
-            with self._outputs_lock:
-                self._outputs.append(weakref.finalize(self, shutil.rmtree, output_dir, True))
-                while len(self._outputs) > self._keep_outputs:
-                    self._outputs.popleft()()
-        path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
+        try:
+            path = output.write_audio(wav, eng.sample_rate, output_dir, req.output_format, stem=f"musicgen-{seed}")
+        except BaseException:
+            if fresh:
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+        if fresh:
+            self.outputs.returned(output_dir)
         done = time.monotonic()
         timings = {"audio_in": read - started, "generate": generated - read, "output": done - generated,
                    "total": done - started}
@@ -239,6 +257,26 @@ class MusicGen:
 
     def release_outputs(self) -> None:
         """Remove the directories of the recent predictions' files now."""
-        with self._outputs_lock:
-            while self._outputs:
-                self._outputs.popleft()()
+        self.outputs.release()
+
+
+def _card(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device)
+
+
+def _memory_plan(engine: Engine, checkpoint: str, settings: Settings, device: torch.device, free: int, total: int,
+                 stems: bool) -> memory.MemoryPlan:
+    """Slots for the card's free memory once the weights are in (``musicgen.memory``): what is free now (after
+    returning the loading's cached blocks, and whatever other processes hold) plus the weights, at most what
+    was free before loading."""
+    shapes = memory.ModelShapes.of(engine.model.config, engine.window_frames)
+    state_bytes = engine.backend.decoder.state_dtype.itemsize
+    torch.cuda.empty_cache()
+    weights = torch.cuda.memory_allocated(device)
+    free = min(free, torch.cuda.mem_get_info(device)[0] + weights)
+    plan = memory.plan(per_slot=memory.slot_bytes(shapes, state_bytes), weights=weights, free=free, total=total,
+                       prefill=memory.prefill_bytes(shapes, state_bytes),
+                       per_request_work=memory.request_bytes(shapes, stems), cap=settings.slots(device),
+                       checkpoint=checkpoint, card=_card(device))
+    log.info("memory plan on %s: %s", _card(device), plan.describe())
+    return plan

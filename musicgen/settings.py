@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import device as device_mod
 from .errors import MusicGenError
 from .stems import MODEL_NAME as STEMS_MODEL
 
@@ -60,6 +61,7 @@ class Settings:
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.metrics)
+    server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
 
     def __post_init__(self) -> None:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
@@ -89,6 +91,7 @@ class Settings:
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
             concurrency=_count("MUSICGEN_CONCURRENCY", env.get("MUSICGEN_CONCURRENCY") or env.get("COG_MAX_CONCURRENCY")),
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
+            server_concurrency=_count("COG_MAX_CONCURRENCY", env.get("COG_MAX_CONCURRENCY")),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -103,12 +106,8 @@ class Settings:
         return self.stems_weights if self.stems_weights is not None else WEIGHTS_ROOT / STEMS_MODEL
 
     def torch_device(self) -> torch.device:
-        name = self.device
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name == "cuda" and not torch.cuda.is_available():
-            raise MusicGenError("MUSICGEN_DEVICE=cuda but no CUDA GPU is available; use auto or cpu.")
-        return torch.device(name)
+        """The device to serve on, or a refusal in one sentence (``musicgen.device``)."""
+        return device_mod.resolve(self.device)
 
     def slots(self, device: torch.device) -> int:
         """How many requests decode at once: the setting, else the device's default."""
@@ -146,6 +145,6 @@ def default_precision(device: torch.device) -> str:
 
 def default_concurrency(device: torch.device) -> int:
     """Requests decoded at once unless MUSICGEN_CONCURRENCY (or COG_MAX_CONCURRENCY) says otherwise: 2 on a
-    CPU (two cores gain little past that), 8 on a GPU (each slot holds a 30 s window's KV cache: 0.3 to
-    1.2 GB, README)."""
+    CPU (two cores gain little past that), at most 8 on a GPU, fewer when the card's memory holds fewer
+    (``musicgen.memory``: each slot holds a 30 s window's KV cache, 0.4 to 1.6 GB, README)."""
     return 8 if device.type == "cuda" else 2

@@ -61,6 +61,9 @@ def test_the_manifests_agree_with_cog_yaml_and_each_other():
     cog, env, container = _cog(), _env(), _container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert int(env["COG_MAX_CONCURRENCY"]) == cog["concurrency"]["max"]
+    # a GPU image and a pod given a GPU serve on it or refuse to start (never on the CPU without a word)
+    assert cog["build"]["gpu"] and "MUSICGEN_DEVICE=cuda" in cog["environment"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1" and env["MUSICGEN_DEVICE"] == "cuda"
     target = _kind("HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]
     assert target["metric"]["name"] == "musicgen_requests_in_flight"
     assert int(target["target"]["averageValue"]) == cog["concurrency"]["default_target"] < cog["concurrency"]["max"]

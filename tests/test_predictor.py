@@ -308,16 +308,6 @@ def test_no_output_file_is_left_by_a_failed_prediction(plain_predictor, audio_fi
     assert sorted(p.name for p in before.parent.iterdir()) == [before.name]
 
 
-def test_earlier_outputs_are_removed_once_later_predictions_have_started(plain_predictor):
-    service = plain_predictor.musicgen
-    keep = 2 * service.scheduler.slots - 1  # Cog has taken a file once this many predictions came after it
-    outputs = [run(plain_predictor, duration=1, seed=i) for i in range(keep + 2)]
-    assert [p.parent.exists() for p in outputs] == [False] * 2 + [True] * keep
-    assert all(sorted(q.name for q in p.parent.iterdir()) == [p.name] for p in outputs[2:])
-    service.release_outputs()
-    assert not any(p.parent.exists() for p in outputs)
-
-
 @pytest.mark.parametrize("duration,windows", [(2, 1), (3, 2), (6, 5)])
 @pytest.mark.parametrize("mode", ["text", "melody", "continuation"])
 def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_files, caplog, duration, windows, mode):
