@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tone
 from musicgen.engine import Engine, WindowSettings
@@ -204,5 +205,61 @@ def test_the_shared_step_failing_for_lack_of_memory_decodes_each_request_alone(c
         with pytest.raises(torch.OutOfMemoryError):
             jobs[1].wait()
         assert all(torch.equal(jobs[i].wait(), alone[i]) for i in (0, 2, 3))
+    finally:
+        scheduler.close()
+
+
+class _Ops(TorchDispatchMode):
+    """The ATen operators a piece of code runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+# what reads a value back to the host (on a GPU, each waits for the device), or decides a shape from values
+HOST_READS = {"_local_scalar_dense", "item", "equal", "nonzero", "masked_select", "multinomial", "unique",
+              "_unique2", "repeat_interleave"}
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_a_fixed_step_its_sampling_and_its_bookkeeping_never_read_the_device(checkpoints, kind):
+    """Decode steps of four requests in the fixed-shape step, as the decode loop runs them (columns in, one
+    call, the positions advanced, each request's guidance, top-k/top-p draw and its sequence updated): no
+    operator that reads a value back to the host runs. (tests/test_gpu.py checks the same with CUDA's sync
+    detector.)"""
+    model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
+    engine = Engine(model, tokenizer, precision="fp32", static_step=True)
+    scheduler = Scheduler(engine, 4)
+    graph = scheduler.graph
+    try:
+        params = [SamplingParams(top_k=50), SamplingParams(top_p=0.9), SamplingParams(cfg_scale=1.0),
+                  SamplingParams(temperature=0.7)]
+        sequences = [_sequence(engine, (text, 1, p, i, None, None))
+                     for i, (text, p) in enumerate(zip(("a", "drums", None, "strings"), params))]
+        filled = []
+        with torch.inference_mode():
+            for slot, seq in enumerate(sequences):
+                window = seq.next_window()
+                text = None if window.cond.text_states is None else engine.backend.decoder.text_kv(
+                    window.cond.text_states, window.cond.text_mask)
+                views = graph.start(slot, window.rows, text)
+                seq.consume(graph.prefill(slot, window.prefill_ids(), window.cond.prefix, views))
+                filled.append((0 if window.cond.prefix is None else window.cond.prefix.shape[1])
+                              + window.prefill_ids().shape[-1])
+            with _Ops() as recorded:
+                for step in range(10):
+                    for slot, seq in enumerate(sequences):
+                        graph.set_column(slot, seq.window.step_ids())
+                    logits = graph.decode(len(sequences), max(filled) + 1 + step)
+                    for slot, seq in enumerate(sequences):
+                        seq.consume(logits[graph.rows_of(slot, seq.window.rows)])
+        assert "index_put_" in recorded.ops or "index_put" in recorded.ops  # the step did run under the recorder
+        assert not recorded.ops & HOST_READS, recorded.ops & HOST_READS
+        assert all(seq.steps == 11 for seq in sequences)
     finally:
         scheduler.close()
