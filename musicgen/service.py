@@ -113,12 +113,8 @@ class MusicGen:
         started = time.monotonic()
         settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
                                                  concurrency=concurrency)
-        path = Path(checkpoint) if checkpoint is not None else hub.locate(settings, allow_download=allow_download)
-        if not hub.is_checkpoint(path):
-            raise WeightsNotFoundError(
-                f"No MusicGen checkpoint (config.json + *.safetensors) in {path}: run `make weights` or point "
-                "MUSICGEN_WEIGHTS at a checkpoint directory."
-            )
+        path = hub.locate(settings, allow_download=allow_download and checkpoint is None,
+                          directory=Path(checkpoint) if checkpoint is not None else None)
         dev = settings.torch_device()
         decode_precision = settings.decode_precision(dev)
         # the fast decoder converts the decoder's weights on their way to a GPU: they stay mapped on the CPU
