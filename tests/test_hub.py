@@ -260,3 +260,22 @@ def test_a_partial_directory_names_the_missing_files_and_its_repository(publishe
         f"The MusicGen checkpoint for {repo} in {directory} is not usable (pytorch_model-00002-of-00002.bin is "
         f"missing) and HF_HUB_OFFLINE is set: run `make weights MODEL={repo}` (python -m musicgen.hub {repo}) "
         "where the Hugging Face Hub is reachable to repair it.")
+
+
+def test_a_pinned_revision_is_downloaded_recorded_and_required(published, tmp_path):
+    repo = "facebook/musicgen-stereo-small"
+    directory = tmp_path / "stereo"
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        commit = hub.commit(repo)
+        assert _hub_cli(hub, tmp_path, repo, "--dir", str(directory), MUSICGEN_REVISION="v9").returncode == 1
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(directory), MUSICGEN_REVISION=commit)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{repo} at {commit} (commit {commit})" in proc.stdout
+        hub.corrupt["config.json"] = published[repo][0].joinpath("config.json").read_bytes().replace(b"{", b" ", 1)
+        other = tmp_path / "other"
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(other))  # small files: checked by their git blob id
+        assert proc.returncode == 1 and "(config.json has the wrong git blob sha1)" in proc.stderr
+    assert MusicGen.load(settings=Settings.from_env(device="cpu", weights=directory, offline=True,
+                                                    revision=commit)).engine.channels == 2
+    with pytest.raises(WeightsNotFoundError, match=rf"it holds {commit} \({commit[:12]}\), not MUSICGEN_REVISION=v2"):
+        MusicGen.load(settings=Settings.from_env(device="cpu", weights=directory, offline=True, revision="v2"))
