@@ -74,7 +74,7 @@ def test_each_published_layout_is_mapped_with_its_exact_tensors(published, repo,
     caplog.set_level(logging.INFO)
     loaded, _ = load(directory, torch.device("cpu"))
     # the fast path took it: a fallback to from_pretrained logs "with transformers" and no "mapped" line
-    assert f"mapped ckpt from " in caplog.text and "with transformers" not in caplog.text
+    assert "mapped ckpt from " in caplog.text and "with transformers" not in caplog.text
     expected = _stored(model, HUB_REPOS[repo]["fp16"])
     ours = loaded.state_dict()
     assert set(ours) == set(expected)
