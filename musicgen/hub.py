@@ -98,6 +98,7 @@ def download(weights: Weights, directory: Path, revision: str | None = None) -> 
     info = HfApi().model_info(weights.repo, revision=revision, files_metadata=True)
     listing = {s.rfilename: s for s in info.siblings or []}
     previous = Manifest.read(directory)
+    _remove(directory, previous.damaged if previous else [])  # kept as they are, they would be used again
     manifest = Manifest(weights.repo, revision, info.sha, DOWNLOADING)
     manifest.save(directory)  # from here on, an interruption leaves the directory marked unusable
     log.info("downloading %s at %s (%s) into %s", weights.repo, revision, info.sha, directory)
@@ -116,15 +117,19 @@ def download(weights: Weights, directory: Path, revision: str | None = None) -> 
         manifest.files[name] = FileRecord(sibling.size, sibling.lfs.sha256 if sibling.lfs else None,
                                           None if sibling.lfs else sibling.blob_id)
     manifest.save(directory)
-    damaged = set(previous.damaged if previous else ())
-    for name, record in manifest.files.items():  # a damaged file would be kept as it is: fetch it anew
-        path = directory / name
-        if path.is_file() and (name in damaged or path.stat().st_size != record.size):
-            log.info("replacing %s", name)
-            path.unlink()
-    for name in names:
-        fetch(name)
-    verify(directory, manifest, weights)
+    _remove(directory, [n for n, r in manifest.files.items()
+                        if (directory / n).is_file() and (directory / n).stat().st_size != r.size])
+    for attempt in (1, 2):
+        for name in names:
+            fetch(name)
+        try:
+            verify(directory, manifest, weights)
+            break
+        except WeightsNotFoundError:
+            if attempt == 2:
+                raise
+            # a file kept from before may have been damaged on disk since: fetch what failed once more
+            _remove(directory, manifest.damaged)
     sources = [n for n in names if n.endswith(".bin")]
     if weights.convert_bin and sources:
         _convert(directory, manifest, sources, previous if previous and previous.commit == info.sha else None)
@@ -132,6 +137,14 @@ def download(weights: Weights, directory: Path, revision: str | None = None) -> 
     manifest.save(directory)
     log.info("verified %s (%s) in %s", weights.repo, info.sha, directory)
     return manifest
+
+
+def _remove(directory: Path, names: list[str]) -> None:
+    """Delete files so that the download fetches them anew (huggingface_hub keeps a file it fetched before)."""
+    for name in names:
+        if (directory / name).is_file():
+            log.info("replacing %s", name)
+            (directory / name).unlink()
 
 
 def _convert(directory: Path, manifest: Manifest, sources: list[str], previous: Manifest | None) -> None:

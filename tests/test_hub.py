@@ -209,19 +209,28 @@ def test_a_shard_that_fails_verification_is_never_used(published, tmp_path):
     assert json.loads((directory / MANIFEST).read_text())["state"] == "verified"
 
 
-def test_a_file_damaged_after_a_good_download_is_refused(published, tmp_path):
+def test_a_file_damaged_after_a_good_download_is_refused_or_repaired(published, tmp_path):
     repo = "facebook/musicgen-small"
     directory = tmp_path / "small"
+    weights = directory / "model.safetensors"
+    original = (published[repo][0] / "model.safetensors").read_bytes()
+    size = len(original)
+
+    def flip() -> None:  # same size: the cheap check at start cannot see it, a hash check does
+        data = bytearray(weights.read_bytes())
+        data[size // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+
     with HubStandIn({repo: published[repo][0]}) as hub:
         assert _hub_cli(hub, tmp_path, repo, "--dir", str(directory)).returncode == 0
         verified = _hub_cli(hub, tmp_path, "--verify", str(directory))
         assert verified.returncode == 0 and f"{repo} at main (commit {hub.commit(repo)})" in verified.stdout
-    weights = directory / "model.safetensors"
-    size = weights.stat().st_size
-    data = bytearray(weights.read_bytes())
-    data[size // 2] ^= 0xFF  # same size: the cheap check at start cannot see it, --verify does
-    weights.write_bytes(bytes(data))
-    assert MusicGen.load(settings=_offline(directory, repo)) is not None
+        flip()
+        assert MusicGen.load(settings=_offline(directory, repo)) is not None
+        fetched = len(hub.downloads("model.safetensors"))
+        assert _hub_cli(hub, tmp_path, repo, "--dir", str(directory)).returncode == 0  # repaired in one run
+        assert len(hub.downloads("model.safetensors")) == fetched + 1 and weights.read_bytes() == original
+    flip()
     proc = subprocess.run([sys.executable, "-m", "musicgen.hub", "--verify", str(directory)], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and "model.safetensors has the wrong sha256" in proc.stderr
