@@ -103,11 +103,11 @@ def map_state_dict(state: dict[str, torch.Tensor], hidden: int) -> dict[str, tor
 def convert(src: Path, dst: Path, base: Path) -> Path:
     """Write a transformers-format checkpoint to ``dst``: BASE's text encoder, tokenizer and codec with the
     language model of the audiocraft checkpoint in ``src``."""
-    from .hub import is_checkpoint
+    from .layout import is_checkpoint
     from .loading import load
 
     if not is_checkpoint(base):
-        raise MusicGenError(f"--base {base} is not a transformers MusicGen checkpoint (config.json + *.safetensors).")
+        raise MusicGenError(f"--base {base} is not a transformers MusicGen checkpoint (config.json + safetensors or .bin weights).")
     model, tokenizer = load(base, torch.device("cpu"))
     mapped = map_state_dict(_load_lm_state(src), model.config.decoder.hidden_size)
     target = model.state_dict()

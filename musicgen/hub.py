@@ -1,148 +1,234 @@
 """Weights on disk and on the Hugging Face Hub: the MusicGen checkpoint and, for melody checkpoints, the
-HTDemucs bag that separates melody stems. For each: where it is, whether a directory holds it, downloading it
-(only the files loading needs, resumable) and verifying every file's size and sha256 against the Hub's
-metadata. Offline-first: a directory that holds the weights is used without touching the network.
+HTDemucs bag that separates melody stems. For each: where it is, whether a directory may be used, downloading
+it and verifying it.
 
-From the command line: ``python -m musicgen.hub [MODEL] [--dir DIR]`` fetches a checkpoint,
-``python -m musicgen.hub --stems [--dir DIR]`` the HTDemucs bag (``make weights`` runs both).
+A download resolves the revision once (MUSICGEN_REVISION: a branch, tag or commit; default ``main``), fetches
+at that commit only the files loading needs (``musicgen.layout`` chooses them from the repository's own file
+list; partial files resume), checks every file's size and hash against the Hub's listing and records them in the
+directory's manifest (``musicgen.manifest``). A directory the project downloaded is used only once its manifest
+says it verified and every file has its recorded size; otherwise the next start repairs it (downloading
+allowed) or refuses with one sentence naming the repository, the files and the command. A directory without a
+manifest (one a user provides) is used as given, with one log line saying it was not verified.
+
+From the command line: ``python -m musicgen.hub [MODEL] [--dir DIR] [--revision REV]`` fetches a checkpoint,
+``python -m musicgen.hub --stems`` the HTDemucs bag (``make weights`` runs both), and
+``python -m musicgen.hub --verify DIR`` checks a directory's files against its manifest.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
-from . import stems
+from . import layout, stems
 from .errors import WeightsNotFoundError
+from .manifest import DOWNLOADING, FAILED, VERIFIED, VERIFYING, FileRecord, Manifest
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Only what loading needs: configs, tokenizer, safetensors weights (no .bin duplicates).
-ALLOW_PATTERNS = ["*.json", "*.safetensors", "spiece.model", "*.txt"]
-
-
-def is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
 
 @dataclass(frozen=True)
 class Weights:
-    """A set of weights: its Hub repository, the files it needs, how to tell a directory holds them, and the
-    commands that fetch them (for sentences)."""
+    """A set of weights: its Hub repository, how to choose its files from the repository's file list, what a
+    directory lacks to hold them, and the commands that fetch them (for sentences)."""
 
     what: str
     repo: str
-    patterns: list[str]
-    complete: Callable[[Path], bool]
+    choose: Callable[[Iterable[str], Callable[[str], dict]], list[str]]
+    missing: Callable[[Path], list[str]]
     command: str
     module_command: str
+    convert_bin: bool = False  # a .bin checkpoint is converted to safetensors once verified
 
 
 def checkpoint(model: str) -> Weights:
-    return Weights("MusicGen checkpoint", model, ALLOW_PATTERNS, is_checkpoint, f"make weights MODEL={model}",
-                   f"python -m musicgen.hub {model}")
+    return Weights("MusicGen checkpoint", model, lambda names, read: layout.choose(names, read, listing=True),
+                   layout.missing, f"make weights MODEL={model}", f"python -m musicgen.hub {model}", True)
 
 
-STEMS = Weights(f"{stems.MODEL_NAME} stem separation bag", stems.HUB_REPO, stems.HUB_PATTERNS, stems.has_weights,
+STEMS = Weights(f"{stems.MODEL_NAME} stem separation bag", stems.HUB_REPO,
+                lambda names, read: sorted(n for n in names if any(fnmatch(n, p) for p in stems.HUB_PATTERNS)),
+                lambda d: [] if stems.has_weights(d) else [stems.bag_file(d).name + " and its models"],
                 "make weights", "python -m musicgen.hub --stems")
 
 
-class Unavailable(Exception):
-    """Weights that are not on disk and could not be downloaded; the message says why."""
+def repo_of(directory: Path, default: str) -> str:
+    """The repository a directory is for: its manifest's, else the one its config names, else ``default``."""
+    manifest = Manifest.read(directory)
+    if manifest is not None and manifest.repo:
+        return manifest.repo
+    try:
+        name = json.loads((directory / layout.CONFIG).read_text()).get("_name_or_path", "")
+    except (OSError, ValueError, AttributeError):
+        name = ""
+    return name if isinstance(name, str) and name.count("/") == 1 and not Path(name).exists() else default
 
 
-def expected_files(weights: Weights) -> dict[str, tuple[int | None, str | None]]:
-    """{file name: (size in bytes, sha256 or None)} for the files we download, from the Hub's metadata
-    (needs the network)."""
-    from fnmatch import fnmatch
-
-    from huggingface_hub import HfApi
-
-    info = HfApi().model_info(weights.repo, files_metadata=True)
-    files = {}
-    for sibling in info.siblings or []:
-        if any(fnmatch(sibling.rfilename, pattern) for pattern in weights.patterns):
-            files[sibling.rfilename] = (sibling.size, sibling.lfs.sha256 if sibling.lfs else None)
-    return files
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def problems(directory: Path, weights: Weights, revision: str | None = None) -> list[str]:
+    """Why ``directory`` may not be used for ``weights`` ([] when it may): the cheap checks of every start."""
+    manifest = Manifest.read(directory)
+    if manifest is None:
+        return [f"{name} is missing" for name in weights.missing(directory)]
+    found = manifest.size_problems(directory)
+    if manifest.state == FAILED:
+        found = [f"{', '.join(manifest.damaged)} failed verification"] + found
+    elif manifest.state != VERIFIED:
+        found = [f"its {'download' if manifest.state == DOWNLOADING else 'verification'} did not finish"] + found
+    if revision and revision not in (manifest.revision, manifest.commit):
+        found.append(f"it holds {manifest.revision} ({manifest.commit[:12]}), not MUSICGEN_REVISION={revision}")
+    return found
 
 
-def verify(directory: Path, expected: dict[str, tuple[int | None, str | None]], weights: Weights) -> None:
-    """Check every expected file's size (and sha256 where the Hub gives one); one sentence on mismatch."""
-    problems = []
-    for name, (size, sha256) in sorted(expected.items()):
-        path = directory / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-        elif size is not None and path.stat().st_size != size:
-            problems.append(f"{name} has {path.stat().st_size} bytes instead of {size}")
-        elif sha256 and _sha256(path) != sha256:
-            problems.append(f"{name} has the wrong sha256")
-    if problems:
-        raise WeightsNotFoundError(
-            f"The {weights.what} in {directory} does not match {weights.repo} ({'; '.join(problems[:3])}); delete "
-            f"the directory and run `{weights.command}` again."
-        )
+def download(weights: Weights, directory: Path, revision: str | None = None) -> Manifest:
+    """Download ``weights`` at ``revision`` (default main, resolved once to a commit) into ``directory``:
+    resumes partial files, replaces damaged ones, verifies every file's size and hash, converts a ``.bin``
+    checkpoint to safetensors, and records it all in the manifest. WeightsNotFoundError when a file does not
+    verify (the directory is then marked unusable)."""
+    from huggingface_hub import HfApi, hf_hub_download
 
-
-def download(weights: Weights, directory: Path) -> Path:
-    """Download ``weights`` from the Hugging Face Hub into ``directory`` (resumable: files already complete
-    are kept; only the files loading needs), then verify sizes and hashes against the Hub's metadata."""
-    from huggingface_hub import snapshot_download
-
+    revision = revision or "main"
     directory.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s into %s", weights.repo, directory)
-    snapshot_download(repo_id=weights.repo, local_dir=str(directory), allow_patterns=weights.patterns)
-    verify(directory, expected_files(weights), weights)
-    if not weights.complete(directory):
-        raise WeightsNotFoundError(f"{weights.repo} was downloaded to {directory} but holds no {weights.what}.")
-    log.info("verified %s in %s", weights.repo, directory)
-    return directory
+    info = HfApi().model_info(weights.repo, revision=revision, files_metadata=True)
+    listing = {s.rfilename: s for s in info.siblings or []}
+    previous = Manifest.read(directory)
+    _remove(directory, previous.damaged if previous else [])  # kept as they are, they would be used again
+    manifest = Manifest(weights.repo, revision, info.sha, DOWNLOADING)
+    manifest.save(directory)  # from here on, an interruption leaves the directory marked unusable
+    log.info("downloading %s at %s (%s) into %s", weights.repo, revision, info.sha, directory)
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(weights.repo, name, revision=info.sha, local_dir=str(directory)))
+
+    def read_index(name: str) -> dict:
+        return json.loads(fetch(name).read_text())
+
+    names = weights.choose(listing, read_index)
+    if not any(not layout.is_support_file(n) for n in names):
+        raise WeightsNotFoundError(f"{weights.repo} at {revision} holds no {weights.what} this project can load.")
+    for name in names:
+        sibling = listing[name]
+        manifest.files[name] = FileRecord(sibling.size, sibling.lfs.sha256 if sibling.lfs else None,
+                                          None if sibling.lfs else sibling.blob_id)
+    manifest.save(directory)
+    _remove(directory, [n for n, r in manifest.files.items()
+                        if (directory / n).is_file() and (directory / n).stat().st_size != r.size])
+    for attempt in (1, 2):
+        for name in names:
+            fetch(name)
+        try:
+            verify(directory, manifest, weights)
+            break
+        except WeightsNotFoundError:
+            if attempt == 2:
+                raise
+            # a file kept from before may have been damaged on disk since: fetch what failed once more
+            _remove(directory, manifest.damaged)
+    sources = [n for n in names if n.endswith(".bin")]
+    if weights.convert_bin and sources:
+        _convert(directory, manifest, sources, previous if previous and previous.commit == info.sha else None)
+    manifest.state = VERIFIED
+    manifest.save(directory)
+    log.info("verified %s (%s) in %s", weights.repo, info.sha, directory)
+    return manifest
+
+
+def _remove(directory: Path, names: list[str]) -> None:
+    """Delete files so that the download fetches them anew (huggingface_hub keeps a file it fetched before)."""
+    for name in names:
+        if (directory / name).is_file():
+            log.info("replacing %s", name)
+            (directory / name).unlink()
+
+
+def _convert(directory: Path, manifest: Manifest, sources: list[str], previous: Manifest | None) -> None:
+    """Record ``model.safetensors`` converted from the ``.bin`` ``sources``: the one a previous download of
+    the same commit made when it is intact (by size; not named damaged), else a new conversion."""
+    from .manifest import sha256
+
+    target = directory / layout.SAFETENSORS
+    old = previous.files.get(target.name) if previous else None
+    if (old is not None and old.converted_from == sources and target.is_file()
+            and target.stat().st_size == old.size and target.name not in previous.damaged):
+        manifest.files[target.name] = old
+        return
+    target.unlink(missing_ok=True)
+    layout.convert_bin(directory)
+    manifest.files[target.name] = FileRecord(target.stat().st_size, sha256(target), converted_from=sources)
+
+
+def verify(directory: Path, manifest: Manifest, weights: Weights) -> None:
+    """Check every file's size and hash against ``manifest``, recording the outcome in it: the state stays
+    ``verifying`` (unusable) until the check ends, then ``verified``, or ``failed`` with WeightsNotFoundError
+    naming the files at fault."""
+    manifest.state = VERIFYING
+    manifest.save(directory)
+    found = manifest.hash_problems(directory)
+    manifest.state, manifest.damaged = (FAILED, sorted(found)) if found else (VERIFIED, [])
+    manifest.save(directory)
+    if found:
+        raise WeightsNotFoundError(
+            f"The {weights.what} for {manifest.repo or weights.repo} in {directory} failed verification "
+            f"({'; '.join(list(found.values())[:3])}): run `{weights.command}` ({weights.module_command}) "
+            "where the Hugging Face Hub is reachable to repair it.")
+
+
+class Unavailable(Exception):
+    """Weights that are not usable on disk and could not be downloaded; the message says why."""
 
 
 def fetch(weights: Weights, directory: Path, settings: Settings, allow_download: bool) -> Path:
-    """``directory`` once it holds ``weights``, downloading them when allowed and possible; otherwise
-    Unavailable with the reason (WeightsNotFoundError when a download does not verify)."""
-    if weights.complete(directory):
+    """``directory`` once it may be used for ``weights``, downloading (or repairing) them when allowed and
+    possible; otherwise Unavailable with the reason (WeightsNotFoundError when a download does not verify)."""
+    if not problems(directory, weights, settings.revision):
+        if Manifest.read(directory) is None:
+            log.info("using %s as given: it has no %s, so its files were not verified against %s",
+                     directory, "musicgen-manifest.json", weights.repo)
         return directory
     reason = "HF_HUB_OFFLINE is set" if settings.offline else "downloading is disabled"
     if allow_download and not settings.offline:
         try:
-            return download(weights, directory)
+            download(weights, directory, settings.revision)
+            return directory
         except WeightsNotFoundError:
             raise
-        except Exception as exc:  # network, auth, missing repo: all end in the same advice
+        except Exception as exc:  # network, auth, missing repo, interrupted: all end in the same advice
             reason = f"the download failed ({type(exc).__name__})"
             log.warning("download of %s failed: %s", weights.repo, exc)
     raise Unavailable(reason)
 
 
-def locate(settings: Settings, allow_download: bool = True) -> Path:
-    """Return a directory holding the configured checkpoint, downloading it when allowed and possible."""
-    directory = settings.weights_dir
-    weights = checkpoint(settings.model)
+def unusable(weights: Weights, directory: Path, settings: Settings, reason: str) -> str | None:
+    """The sentence for a directory that holds (part of) ``weights`` but may not be used; None when it holds
+    nothing at all."""
+    found = problems(directory, weights, settings.revision)
+    holds = directory.is_dir() and any(p.name != ".cache" for p in directory.iterdir())
+    if not found or not holds:
+        return None
+    return (f"The {weights.what} for {weights.repo} in {directory} is not usable ({'; '.join(found[:3])}) and "
+            f"{reason}: run `{weights.command}` ({weights.module_command}) where the Hugging Face Hub is "
+            "reachable to repair it.")
+
+
+def locate(settings: Settings, allow_download: bool = True, directory: Path | None = None) -> Path:
+    """A directory that may be used for the configured checkpoint (``directory``, else the setting's),
+    downloading or repairing it when allowed and possible; else WeightsNotFoundError with one sentence."""
+    directory = directory or settings.weights_dir
+    weights = checkpoint(repo_of(directory, settings.model))
     try:
         return fetch(weights, directory, settings, allow_download)
     except Unavailable as exc:
-        raise WeightsNotFoundError(
+        sentence = unusable(weights, directory, settings, str(exc)) or (
             f"No MusicGen checkpoint found in {directory} and {exc}: run `{weights.command}` "
             f"({weights.module_command}) where the Hugging Face Hub is reachable, or set MUSICGEN_WEIGHTS to a "
-            "local checkpoint directory."
-        ) from None
+            "local checkpoint directory.")
+        raise WeightsNotFoundError(sentence) from None
 
 
 def locate_stems(settings: Settings, allow_download: bool = True) -> Path:
@@ -152,33 +238,80 @@ def locate_stems(settings: Settings, allow_download: bool = True) -> Path:
         return fetch(STEMS, directory, settings, allow_download)
     except Unavailable as exc:
         raise WeightsNotFoundError(
-            f"Following a melody needs the {STEMS.what} ({STEMS.repo}), which is not in {directory} and {exc}: "
-            f"run `{STEMS.command}` ({STEMS.module_command}) where the Hugging Face Hub is reachable, set "
+            f"Following a melody needs the {STEMS.what} ({STEMS.repo}), which is not usable in {directory} and "
+            f"{exc}: run `{STEMS.command}` ({STEMS.module_command}) where the Hugging Face Hub is reachable, set "
             "MUSICGEN_STEMS_WEIGHTS to a directory holding it, or set MUSICGEN_MELODY_STEMS=0 to follow the "
             "raw mix's melody."
         ) from None
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return ""
+
+
+def describe(directory: Path, manifest: Manifest) -> str:
+    """What a manifest records, for people: the repository, revision and commit, then one line per file."""
+    lines = [f"{manifest.repo} at {manifest.revision} (commit {manifest.commit}) in {directory}: {manifest.state}"]
+    for name, record in sorted(manifest.files.items()):
+        how = (f"converted here from {', '.join(record.converted_from)}" if record.converted_from else
+               f"sha256 {record.sha256}" if record.sha256 else f"git blob {record.git_sha1}")
+        lines.append(f"  {name:40} {_size(record.size):>10}  {how}")
+    total = sum(r.size for r in manifest.files.values() if not r.converted_from)
+    lines.append(f"  downloaded: {_size(total)} in {sum(not r.converted_from for r in manifest.files.values())} files")
+    return "\n".join(lines)
+
+
+def verify_directory(directory: Path, weights: Weights) -> str:
+    """The on-demand check (``--verify``): every file's hash against the manifest (the outcome recorded in
+    it), or, without a manifest, only that the files loading needs are there. Returns the report;
+    WeightsNotFoundError when something is wrong."""
+    manifest = Manifest.read(directory)
+    if manifest is None:
+        lacking = weights.missing(directory)
+        if lacking:
+            raise WeightsNotFoundError(
+                f"{directory} lacks {', '.join(lacking)}: run `{weights.command}` ({weights.module_command}).")
+        return (f"{directory} has no manifest (not downloaded by this project): its files are all there, but "
+                "there is nothing to check their hashes against.")
+    if weights is not STEMS and manifest.repo:
+        weights = checkpoint(manifest.repo)
+    verify(directory, manifest, weights)
+    return describe(directory, manifest)
+
+
 def main(argv: list[str] | None = None) -> int:
     env = Settings.from_env()
-    parser = argparse.ArgumentParser(prog="python -m musicgen.hub", description="Download weights.")
+    parser = argparse.ArgumentParser(prog="python -m musicgen.hub", description="Download or verify weights.")
     parser.add_argument("model", nargs="?", default=env.model, help=f"Hub repo id (default {env.model})")
     parser.add_argument("--stems", action="store_true",
                         help=f"fetch the {stems.MODEL_NAME} stem separation bag that melody checkpoints use")
     parser.add_argument("--dir", type=Path, default=None,
                         help="target directory (default weights/<name>, or weights/htdemucs with --stems)")
+    parser.add_argument("--revision", default=env.revision,
+                        help="branch, tag or commit to download (default MUSICGEN_REVISION, else main)")
+    parser.add_argument("--verify", type=Path, metavar="DIR", default=None,
+                        help="check every file in DIR against its manifest (sizes and hashes), download nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.stems:
-        weights, target = STEMS, args.dir or env.stems_dir
-    else:
-        weights, target = checkpoint(args.model), args.dir or Settings.from_env(model=args.model).weights_dir
+    weights = STEMS if args.stems else checkpoint(args.model)
+    if args.verify is not None:
+        try:
+            print(verify_directory(args.verify, weights))
+        except WeightsNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    target = args.dir or (env.stems_dir if args.stems else Settings.from_env(model=args.model).weights_dir)
     try:
-        download(weights, target)
+        manifest = download(weights, target, args.revision)
     except Exception as exc:
         print(f"error: could not download {weights.repo} into {target}: {exc}", file=sys.stderr)
         return 1
-    print(target)
+    print(describe(target, manifest))
     return 0
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
 
+from . import layout
 from .errors import MusicGenError
 
 log = logging.getLogger(__name__)
@@ -18,13 +20,30 @@ log = logging.getLogger(__name__)
 LEGACY_KEYS = ((".weight_g", ".parametrizations.weight.original0"), (".weight_v", ".parametrizations.weight.original1"))
 
 
-def _weight_files(path: Path) -> list[Path] | None:
-    """The safetensors files of a checkpoint: the shards its index names, or the single model file."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    single = path / "model.safetensors"
-    return [single] if single.is_file() else None
+def _weight_files(path: Path) -> list[Path]:
+    """The weight files to map: the checkpoint's safetensors, else its ``.bin`` files converted once to
+    ``model.safetensors`` beside them (so later starts map it), else — in a directory that cannot be written —
+    the ``.bin`` files themselves, read with ``torch.load(weights_only=True, mmap=True)``."""
+    files = layout.weight_files(path)
+    if layout.is_bin(files) and all(f.is_file() for f in files):
+        try:
+            return [layout.convert_bin(path)]
+        except OSError as exc:
+            log.info("reading %s without converting it (%s)", ", ".join(f.name for f in files), exc)
+    return files
+
+
+def _tensors(file: Path, where: str):
+    """(name, tensor) for every tensor of a weight file, read onto device ``where``."""
+    if file.suffix == ".bin":
+        for key, tensor in layout.read_bin(file).items():
+            yield key, tensor.to(where)
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt", device=where) as f:
+        for key in f.keys():
+            yield key, f.get_tensor(key)
 
 
 def _place(name: str, device: torch.device, decoder_device: torch.device) -> torch.device:
@@ -47,15 +66,15 @@ def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch
 
     Returns None, with the reason logged, when the checkpoint does not match the module exactly (other key
     names, missing tensors, other shapes): the caller then lets transformers' ``from_pretrained`` load it."""
-    from safetensors import safe_open
     from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
     def fall_back(reason: str) -> None:
         log.info("loading %s with transformers: %s", path.name, reason)
 
     files = _weight_files(path)
-    if files is None or not all(f.is_file() for f in files):
+    if not files or not all(f.is_file() for f in files):
         return fall_back("no model.safetensors (or its shards)")
+    started = time.monotonic()
     config = AutoConfig.from_pretrained(str(path))
     with torch.device("meta"):
         model = cls(config)
@@ -66,17 +85,19 @@ def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch
             return f"cuda:{where.index if where.index is not None else torch.cuda.current_device()}"
         return str(where)
 
+    # the files may also hold non-persistent buffers (the public repos hold the decoder's sinusoidal
+    # positions, embed_positions.weights): those are computed below, never read
+    computed = {f"{name}.{buffer}".lstrip(".") for name, module in model.named_modules()
+                for buffer in module._non_persistent_buffers_set}
     for file in files:
         for where in {device, decoder_device}:
-            with safe_open(str(file), framework="pt", device=target(where)) as f:
-                for key in f.keys():
-                    name = key
-                    for old, new in LEGACY_KEYS:
-                        name = name.replace(old, new)
-                    if _place(name, device, decoder_device) != where:
-                        continue
-                    tensor = f.get_tensor(key)
-                    state[name] = tensor.float() if tensor.is_floating_point() else tensor
+            for key, tensor in _tensors(file, target(where)):
+                name = key
+                for old, new in LEGACY_KEYS:
+                    name = name.replace(old, new)
+                if name in computed or _place(name, device, decoder_device) != where:
+                    continue
+                state[name] = tensor.float() if tensor.is_floating_point() else tensor
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state) - tied), sorted(set(state) - expected)
@@ -109,6 +130,7 @@ def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch
         model.generation_config = GenerationConfig.from_pretrained(str(path))
     else:
         model.generation_config = GenerationConfig.from_model_config(config)
+    log.info("mapped %s from %s in %.2f s", path.name, ", ".join(f.name for f in files), time.monotonic() - started)
     return model
 
 

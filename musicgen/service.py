@@ -115,12 +115,8 @@ class MusicGen:
         started = time.monotonic()
         settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
                                                  concurrency=concurrency)
-        path = Path(checkpoint) if checkpoint is not None else hub.locate(settings, allow_download=allow_download)
-        if not hub.is_checkpoint(path):
-            raise WeightsNotFoundError(
-                f"No MusicGen checkpoint (config.json + *.safetensors) in {path}: run `make weights` or point "
-                "MUSICGEN_WEIGHTS at a checkpoint directory."
-            )
+        path = hub.locate(settings, allow_download=allow_download and checkpoint is None,
+                          directory=Path(checkpoint) if checkpoint is not None else None)
         dev = settings.torch_device()
         decode_precision = settings.decode_precision(dev)
         free, total = torch.cuda.mem_get_info(dev) if dev.type == "cuda" else (0, 0)

@@ -52,6 +52,7 @@ def _switch(name: str, value: str | None, default: bool | None) -> bool | None:
 class Settings:
     model: str = DEFAULT_MODEL  # MUSICGEN_MODEL: Hub repo id
     weights: Path | None = None  # MUSICGEN_WEIGHTS: checkpoint directory (default weights/<name of the model>)
+    revision: str | None = None  # MUSICGEN_REVISION: branch, tag or commit to download (None: main, any kept)
     device: str = "auto"  # MUSICGEN_DEVICE
     precision: str = "auto"  # MUSICGEN_PRECISION
     compile: bool | None = None  # MUSICGEN_COMPILE (None: on CUDA only)
@@ -82,6 +83,7 @@ class Settings:
         settings = cls(
             model=env.get("MUSICGEN_MODEL") or DEFAULT_MODEL,
             weights=Path(weights).expanduser() if weights else None,
+            revision=(env.get("MUSICGEN_REVISION") or "").strip() or None,
             device=(env.get("MUSICGEN_DEVICE") or "auto").strip().lower(),
             precision=(env.get("MUSICGEN_PRECISION") or "auto").strip().lower(),
             compile=_switch("MUSICGEN_COMPILE", env.get("MUSICGEN_COMPILE"), None),

@@ -118,6 +118,14 @@ def build_random_model(*, melody: bool = False, stereo: bool = False, preset: st
         pad_mode="reflect",
         chunk_length_s=None,
         overlap=None,
+        use_conv_shortcut=False,  # as the published 32 kHz codec: residual blocks add their input unchanged
+        compress=2,
+        dilation_growth_rate=2,
+        kernel_size=7,
+        last_kernel_size=7,
+        residual_kernel_size=3,
+        num_residual_layers=1,
+        trim_right_ratio=1.0,
         **shapes["codec"],
     )
     channels = 2 if stereo else 1
@@ -170,3 +178,101 @@ def build_random_model(*, melody: bool = False, stereo: bool = False, preset: st
         bos_token_id=PAD_TOKEN,
     )
     return model.eval(), tokenizer
+
+
+# The public facebook/musicgen-* repositories as the Hub publishes them (DESIGN.md): which family, how the
+# weights are stored, and which files hold them. ``files``: "single" (model.safetensors), "shards" (safetensors
+# shards + index), "bin" (pytorch_model.bin only), "bin-shards" (two .bin shards + index); ``copies``: the
+# duplicates published beside them (never needed); ``stale``: indexes naming files the repository lacks.
+HUB_REPOS = {
+    "facebook/musicgen-small": dict(melody=False, stereo=False, fp16=False, files="single", copies=("bin",)),
+    "facebook/musicgen-medium": dict(melody=False, stereo=False, fp16=False, files="bin"),
+    "facebook/musicgen-large": dict(melody=False, stereo=False, fp16=False, files="bin-shards"),
+    "facebook/musicgen-melody": dict(melody=True, stereo=False, fp16=False, files="shards", shards=2),
+    "facebook/musicgen-melody-large": dict(melody=True, stereo=False, fp16=False, files="shards", shards=3),
+    "facebook/musicgen-stereo-small": dict(melody=False, stereo=True, fp16=True, files="single",
+                                           copies=("fp32", "bin", "fp32-bin")),
+    "facebook/musicgen-stereo-medium": dict(melody=False, stereo=True, fp16=True, files="single", stale=True),
+    "facebook/musicgen-stereo-large": dict(melody=False, stereo=True, fp16=True, files="shards", shards=2,
+                                           stale=True),
+    "facebook/musicgen-stereo-melody": dict(melody=True, stereo=True, fp16=False, files="shards", shards=2),
+    "facebook/musicgen-stereo-melody-large": dict(melody=True, stereo=True, fp16=False, files="shards", shards=3),
+}
+
+
+def hub_state_dict(model) -> dict[str, torch.Tensor]:
+    """``model``'s tensors named as the public repos name them: EnCodec's weight norm as ``weight_g`` /
+    ``weight_v`` (saved before transformers moved to parametrizations), the decoder's sinusoidal positions
+    (``embed_positions.weights``, a non-persistent buffer today) included, T5's embedding as ``shared``."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        name = name.replace(".parametrizations.weight.original0", ".weight_g")
+        name = name.replace(".parametrizations.weight.original1", ".weight_v")
+        state[name] = tensor.detach().clone()
+    state["decoder.model.decoder.embed_positions.weights"] = model.decoder.model.decoder.embed_positions.weights.clone()
+    return state
+
+
+def _shard(state: dict, parts: int, stem: str, ext: str) -> dict[str, dict]:
+    """``state`` split into ``parts`` files named as transformers names shards: {file name: tensors}."""
+    names = sorted(state)
+    size = -(-len(names) // parts)
+    return {f"{stem}-{i + 1:05d}-of-{parts:05d}.{ext}": {n: state[n] for n in names[i * size:(i + 1) * size]}
+            for i in range(parts)}
+
+
+def _index(files: dict[str, dict]) -> str:
+    total = sum(t.numel() * t.element_size() for tensors in files.values() for t in tensors.values())
+    return json.dumps({"metadata": {"total_size": total},
+                       "weight_map": {n: f for f, tensors in files.items() for n in sorted(tensors)}}, indent=2)
+
+
+def write_hub_layout(model, tokenizer, dst: str | Path, repo: str) -> Path:
+    """Write ``model`` (a random model of ``repo``'s family, ``build_random_model``) to ``dst`` with the files,
+    key names and storage dtype ``repo`` has on the Hub (``HUB_REPOS``), README and .gitattributes included."""
+    from safetensors.torch import save_file
+
+    spec = HUB_REPOS[repo]
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(dst)
+    model.generation_config.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    full = hub_state_dict(model)  # the .bin pickles hold T5's tied embedding twice, sharing storage
+    full["text_encoder.encoder.embed_tokens.weight"] = full["text_encoder.shared.weight"]
+    fp32 = {k: v for k, v in full.items() if k != "text_encoder.encoder.embed_tokens.weight"}
+    stored = {k: v.half() if spec["fp16"] and v.is_floating_point() else v for k, v in fp32.items()}
+
+    def safetensors(tensors: dict, name: str) -> None:
+        save_file(tensors, str(dst / name), metadata={"format": "pt"})
+
+    def pickle(tensors: dict, name: str) -> None:
+        torch.save(tensors, dst / name)
+
+    kind = spec["files"]
+    if kind == "single":
+        safetensors(stored, "model.safetensors")
+    elif kind == "shards":
+        files = _shard(stored, spec["shards"], "model", "safetensors")
+        for name, tensors in files.items():
+            safetensors(tensors, name)
+        (dst / "model.safetensors.index.json").write_text(_index(files))
+    elif kind == "bin":
+        pickle(full, "pytorch_model.bin")
+    else:  # bin-shards
+        files = _shard(full, 2, "pytorch_model", "bin")
+        for name, tensors in files.items():
+            pickle(tensors, name)
+        (dst / "pytorch_model.bin.index.json").write_text(_index(files))
+    half_full = {k: v.half() if spec["fp16"] and v.is_floating_point() else v for k, v in full.items()}
+    for copy in spec.get("copies", ()):
+        {"fp32": lambda: safetensors(fp32, "model.fp32.safetensors"),
+         "bin": lambda: pickle(half_full, "pytorch_model.bin"),
+         "fp32-bin": lambda: pickle(full, "pytorch_model.fp32.bin")}[copy]()
+    if spec.get("stale"):  # indexes left behind by earlier uploads, naming files the repository no longer has
+        absent = {"pytorch_model-00001-of-00002.bin": fp32}
+        (dst / "pytorch_model.bin.index.json").write_text(_index(absent))
+        (dst / "model.safetensors.index.fp32.json").write_text(_index({"model.fp32-00001-of-00002.safetensors": fp32}))
+    (dst / "README.md").write_text(f"# {repo} (random weights, test layout)\n")
+    (dst / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    return dst

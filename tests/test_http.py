@@ -97,7 +97,7 @@ def test_without_separation_weights_the_server_is_ready_and_only_melody_requests
         melody = data_uri(wav_bytes(tone([261.63, 392.0], 3.0)))
         status, body = s.predict({"input_audio": melody, "duration": 1})
         assert status == 200 and body["status"] == "failed", body
-        assert f"Following a melody needs the htdemucs stem separation bag (adefossez/HTDemucs), which is not in {tmp_path / 'no-stems'}" in body["error"]
+        assert f"Following a melody needs the htdemucs stem separation bag (adefossez/HTDemucs), which is not usable in {tmp_path / 'no-stems'}" in body["error"]
         assert "MUSICGEN_MELODY_STEMS=0" in body["error"] and "Traceback" not in body["error"]
         assert_ready(s)
         status, body = s.predict({"prompt": "jazz", "duration": 1, "seed": 1})

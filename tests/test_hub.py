@@ -1,0 +1,290 @@
+"""Every public checkpoint as the Hub publishes it, downloaded through huggingface_hub's real client from a local
+stand-in for the Hub (``hub_stand_in``), verified, recorded, and loaded; directories that did not verify are
+never used."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, SR, read
+from http_helpers import CogServer
+from hub_stand_in import HubStandIn
+from musicgen import MusicGen, Settings, WeightsNotFoundError
+from musicgen.loading import load
+from musicgen_dev.checkpoints import HUB_REPOS, build_random_model, write_hub_layout
+
+REPOS = sorted(HUB_REPOS)
+MANIFEST = "musicgen-manifest.json"
+# what each repository needs, chosen from its own files: never README, duplicates or stale indexes
+SUPPORT = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+NEEDED = {
+    "facebook/musicgen-small": ["model.safetensors"],
+    "facebook/musicgen-medium": ["pytorch_model.bin"],
+    "facebook/musicgen-large": ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+                                "pytorch_model.bin.index.json"],
+    "facebook/musicgen-melody": ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                 "model.safetensors.index.json"],
+    "facebook/musicgen-melody-large": [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    + ["model.safetensors.index.json"],
+    "facebook/musicgen-stereo-small": ["model.safetensors"],
+    "facebook/musicgen-stereo-medium": ["model.safetensors"],
+    "facebook/musicgen-stereo-large": ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                       "model.safetensors.index.json"],
+    "facebook/musicgen-stereo-melody": ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                        "model.safetensors.index.json"],
+    "facebook/musicgen-stereo-melody-large": [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    + ["model.safetensors.index.json"],
+}
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """{repo: (directory with the repo's files as published, the random model they hold)} for the ten repos,
+    at tiny widths (one random model per family, each written in every layout of its family)."""
+    root = tmp_path_factory.mktemp("hub")
+    families, out = {}, {}
+    for seed, repo in enumerate(REPOS):
+        spec = HUB_REPOS[repo]
+        family = (spec["melody"], spec["stereo"])
+        if family not in families:
+            families[family] = build_random_model(melody=family[0], stereo=family[1], seed=10 + seed)
+        model, tokenizer = families[family]
+        out[repo] = (write_hub_layout(model, tokenizer, root / repo.split("/")[1], repo), model)
+    return out
+
+
+def _stored(model, fp16: bool) -> dict[str, torch.Tensor]:
+    """The model's tensors as a loaded checkpoint holds them: fp16-stored weights come back rounded."""
+    return {k: v.half().float() if fp16 and v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("repo", REPOS)
+def test_each_published_layout_is_mapped_with_its_exact_tensors(published, repo, tmp_path, caplog):
+    source, model = published[repo]
+    directory = shutil.copytree(source, tmp_path / "ckpt")
+    caplog.set_level(logging.INFO)
+    loaded, _ = load(directory, torch.device("cpu"))
+    # the fast path took it: a fallback to from_pretrained logs "with transformers" and no "mapped" line
+    assert "mapped ckpt from " in caplog.text and "with transformers" not in caplog.text
+    expected = _stored(model, HUB_REPOS[repo]["fp16"])
+    ours = loaded.state_dict()
+    assert set(ours) == set(expected)
+    assert all(torch.equal(ours[k], expected[k]) for k in expected)
+    positions = dict(loaded.named_buffers())["decoder.model.decoder.embed_positions.weights"]
+    assert torch.equal(positions, model.decoder.model.decoder.embed_positions.weights)
+    if HUB_REPOS[repo]["files"].startswith("bin"):  # converted once: the next start maps the safetensors file
+        assert (directory / "model.safetensors").is_file()
+        caplog.clear()
+        load(directory, torch.device("cpu"))
+        assert "converted" not in caplog.text and "mapped ckpt from model.safetensors" in caplog.text
+
+
+def _env(hub: HubStandIn, tmp_path: Path, **extra) -> dict:
+    return {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MUSICGEN_DEVICE": "cpu", **extra}
+
+
+def _hub_cli(hub, tmp_path, *args, **env):
+    return subprocess.run([sys.executable, "-m", "musicgen.hub", *args], capture_output=True, text=True,
+                          env=_env(hub, tmp_path, **env), cwd=ROOT, timeout=300)
+
+
+def _generate(hub, tmp_path, weights: Path, out: Path, offline: bool, model: str = "facebook/musicgen-melody"):
+    """The ``musicgen`` command, weights from MUSICGEN_WEIGHTS (downloading allowed unless ``offline``)."""
+    command = Path(sys.executable).parent / "musicgen"
+    return subprocess.run([str(command), "--prompt", "calm", "--duration", "1", "--seed", "1", "-o", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=_env(hub, tmp_path, MUSICGEN_WEIGHTS=str(weights), MUSICGEN_MODEL=model,
+                                   HF_HUB_OFFLINE="1" if offline else "0"))
+
+
+def _offline(directory: Path, model: str = "facebook/musicgen-melody") -> Settings:
+    return Settings.from_env(device="cpu", weights=directory, model=model, offline=True)
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_file())
+
+
+def test_every_repo_downloads_only_what_it_needs_at_one_recorded_commit(published, tmp_path):
+    with HubStandIn({repo: source for repo, (source, _) in published.items()}) as hub:
+        script = ("import sys; from musicgen.hub import main\n"
+                  "sys.exit(max(main([repo, '--dir', f'{sys.argv[1]}/{repo}']) for repo in sys.argv[2:]))")
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "w"), *REPOS], capture_output=True,
+                              text=True, env=_env(hub, tmp_path), cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        for repo in REPOS:
+            directory = tmp_path / "w" / repo
+            converted = ["model.safetensors"] if HUB_REPOS[repo]["files"].startswith("bin") else []
+            assert _files(directory) == sorted(SUPPORT + NEEDED[repo] + converted + [MANIFEST]), repo
+            fetched = {path.rsplit("/", 1)[1] for method, path, _ in hub.requests
+                       if method == "GET" and f"/{repo}/resolve/" in path}
+            assert fetched == set(SUPPORT + NEEDED[repo]), repo  # no duplicate, README or stale index fetched
+            assert all(f"/{repo}/resolve/{hub.commit(repo)}/" in path for method, path, _ in hub.requests
+                       if f"/{repo}/resolve/" in path)  # every file at the commit resolved once
+            manifest = json.loads((directory / MANIFEST).read_text())
+            assert (manifest["repo"], manifest["revision"], manifest["commit"], manifest["state"]) == (
+                repo, "main", hub.commit(repo), "verified")
+            assert sorted(manifest["files"]) == sorted(SUPPORT + NEEDED[repo] + converted)
+            for name, record in manifest["files"].items():
+                assert record["size"] == (directory / name).stat().st_size
+                lfs = name.endswith((".safetensors", ".bin"))
+                assert bool(record["sha256"]) == lfs or record["converted_from"]
+                assert bool(record["git_sha1"]) == (not lfs)
+            assert f"{repo} at main (commit {hub.commit(repo)})" in proc.stdout
+    for repo in ("facebook/musicgen-large", "facebook/musicgen-stereo-small", "facebook/musicgen-melody"):
+        service = MusicGen.load(tmp_path / "w" / repo, device="cpu")
+        assert service.engine.channels == (2 if HUB_REPOS[repo]["stereo"] else 1)
+
+
+def test_an_interrupted_download_is_refused_offline_then_resumed(published, tmp_path):
+    repo, shard = "facebook/musicgen-melody", "model-00002-of-00002.safetensors"
+    directory = tmp_path / "melody"
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        hub.cut.add(shard)
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(directory))
+        assert proc.returncode == 1 and "could not download" in proc.stderr
+        assert json.loads((directory / MANIFEST).read_text())["state"] == "downloading"
+        with pytest.raises(WeightsNotFoundError) as refused:
+            MusicGen.load(settings=_offline(directory))
+        assert str(refused.value) == (
+            f"The MusicGen checkpoint for {repo} in {directory} is not usable (its download did not finish; "
+            f"{shard} is missing) and HF_HUB_OFFLINE is set: run `make weights MODEL={repo}` "
+            f"(python -m musicgen.hub {repo}) where the Hugging Face Hub is reachable to repair it.")
+        hub.cut.clear()
+        before = {name: len(hub.downloads(name)) for name in NEEDED[repo]}
+        out = tmp_path / "song.wav"
+        proc = _generate(hub, tmp_path, directory, out, offline=False)  # the next start repairs it
+        assert proc.returncode == 0, proc.stderr
+        assert read(out)[0].shape == (1, SR)
+        # huggingface_hub 2.4 drops a partial file (its temporary name is unique to the process, PR #4228): the
+        # interrupted shard is fetched whole again, the files already complete are kept
+        assert hub.downloads(shard)[-1] is None
+        others = [n for n in NEEDED[repo] if n != shard]
+        assert all(len(hub.downloads(n)) == before[n] for n in others)  # complete files are not fetched again
+        assert json.loads((directory / MANIFEST).read_text())["state"] == "verified"
+
+
+def test_a_shard_that_fails_verification_is_never_used(published, tmp_path):
+    repo, shard = "facebook/musicgen-melody", "model-00001-of-00002.safetensors"
+    directory = tmp_path / "melody"
+    source = published[repo][0] / shard
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        damaged = bytearray(source.read_bytes())
+        damaged[-100:] = bytes(100)  # same size, other bytes: only the hash can tell
+        hub.corrupt[shard] = bytes(damaged)
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(directory))
+        assert proc.returncode == 1
+        assert f"failed verification ({shard} has the wrong sha256): run `make weights MODEL={repo}`" in proc.stderr
+        manifest = json.loads((directory / MANIFEST).read_text())
+        assert manifest["state"] == "failed" and manifest["damaged"] == [shard]
+        out = tmp_path / "noise.wav"
+        proc = _generate(hub, tmp_path, directory, out, offline=True)  # the next start, offline
+        assert proc.returncode != 0 and not out.exists()
+        assert (f"The MusicGen checkpoint for {repo} in {directory} is not usable ({shard} failed verification) "
+                f"and HF_HUB_OFFLINE is set: run `make weights MODEL={repo}`") in proc.stderr
+        server = CogServer(directory, extra_env={"MUSICGEN_MODEL": repo})
+        try:
+            health = server.wait_health()
+            assert health["status"] == "SETUP_FAILED"
+            assert f"{shard} failed verification" in health["setup"]["logs"]
+            assert f"make weights MODEL={repo}" in health["setup"]["logs"]
+        finally:
+            server.stop()
+        hub.corrupt.clear()
+        fetched = len(hub.downloads(shard))
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(directory))  # the command the sentence names
+        assert proc.returncode == 0, proc.stderr
+        assert len(hub.downloads(shard)) == fetched + 1 and hub.downloads(shard)[-1] is None  # fetched anew
+    assert (directory / shard).read_bytes() == source.read_bytes()
+    assert json.loads((directory / MANIFEST).read_text())["state"] == "verified"
+
+
+def test_a_file_damaged_after_a_good_download_is_refused_or_repaired(published, tmp_path):
+    repo = "facebook/musicgen-small"
+    directory = tmp_path / "small"
+    weights = directory / "model.safetensors"
+    original = (published[repo][0] / "model.safetensors").read_bytes()
+    size = len(original)
+
+    def flip() -> None:  # same size: the cheap check at start cannot see it, a hash check does
+        data = bytearray(weights.read_bytes())
+        data[size // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        assert _hub_cli(hub, tmp_path, repo, "--dir", str(directory)).returncode == 0
+        verified = _hub_cli(hub, tmp_path, "--verify", str(directory))
+        assert verified.returncode == 0 and f"{repo} at main (commit {hub.commit(repo)})" in verified.stdout
+        flip()
+        assert MusicGen.load(settings=_offline(directory, repo)) is not None
+        fetched = len(hub.downloads("model.safetensors"))
+        assert _hub_cli(hub, tmp_path, repo, "--dir", str(directory)).returncode == 0  # repaired in one run
+        assert len(hub.downloads("model.safetensors")) == fetched + 1 and weights.read_bytes() == original
+    flip()
+    proc = subprocess.run([sys.executable, "-m", "musicgen.hub", "--verify", str(directory)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "model.safetensors has the wrong sha256" in proc.stderr
+    with pytest.raises(WeightsNotFoundError, match="model.safetensors failed verification"):
+        MusicGen.load(settings=_offline(directory, repo))  # the failed check is recorded: no longer used
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["state"], manifest["damaged"] = "verified", []
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    with open(weights, "r+b") as f:
+        f.truncate(size - 1000)
+    with pytest.raises(WeightsNotFoundError) as refused:
+        MusicGen.load(settings=_offline(directory, repo))
+    assert f"for {repo} in {directory} is not usable (model.safetensors has {size - 1000} bytes instead of {size})" \
+        in str(refused.value) and f"make weights MODEL={repo}" in str(refused.value)
+
+
+def test_a_directory_given_without_manifest_is_used_unverified(published, tmp_path, caplog):
+    repo = "facebook/musicgen-medium"  # pytorch_model.bin only
+    directory = shutil.copytree(published[repo][0], tmp_path / "mine")
+    caplog.set_level(logging.INFO, logger="musicgen.hub")
+    service = MusicGen.load(settings=_offline(directory))
+    assert service.engine.channels == 1
+    assert f"using {directory} as given: it has no musicgen-manifest.json, so its files were not verified" in caplog.text
+    proc = subprocess.run([sys.executable, "-m", "musicgen.hub", "--verify", str(directory)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "has no manifest" in proc.stdout
+
+
+def test_a_partial_directory_names_the_missing_files_and_its_repository(published, tmp_path):
+    repo = "facebook/musicgen-large"
+    directory = shutil.copytree(published[repo][0], tmp_path / "large")
+    (directory / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(WeightsNotFoundError) as refused:
+        MusicGen.load(settings=_offline(directory, repo))
+    assert str(refused.value) == (
+        f"The MusicGen checkpoint for {repo} in {directory} is not usable (pytorch_model-00002-of-00002.bin is "
+        f"missing) and HF_HUB_OFFLINE is set: run `make weights MODEL={repo}` (python -m musicgen.hub {repo}) "
+        "where the Hugging Face Hub is reachable to repair it.")
+
+
+def test_a_pinned_revision_is_downloaded_recorded_and_required(published, tmp_path):
+    repo = "facebook/musicgen-stereo-small"
+    directory = tmp_path / "stereo"
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        commit = hub.commit(repo)
+        assert _hub_cli(hub, tmp_path, repo, "--dir", str(directory), MUSICGEN_REVISION="v9").returncode == 1
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(directory), MUSICGEN_REVISION=commit)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{repo} at {commit} (commit {commit})" in proc.stdout
+        hub.corrupt["config.json"] = published[repo][0].joinpath("config.json").read_bytes().replace(b"{", b" ", 1)
+        other = tmp_path / "other"
+        proc = _hub_cli(hub, tmp_path, repo, "--dir", str(other))  # small files: checked by their git blob id
+        assert proc.returncode == 1 and "(config.json has the wrong git blob sha1)" in proc.stderr
+    assert MusicGen.load(settings=Settings.from_env(device="cpu", weights=directory, offline=True,
+                                                    revision=commit)).engine.channels == 2
+    with pytest.raises(WeightsNotFoundError, match=rf"it holds {commit} \({commit[:12]}\), not MUSICGEN_REVISION=v2"):
+        MusicGen.load(settings=Settings.from_env(device="cpu", weights=directory, offline=True, revision="v2"))
