@@ -143,6 +143,18 @@ class GraphStep:
         self.advance[both] = 1
         return logits
 
+    def open_window(self, slot: int, window) -> tuple[torch.Tensor, int, list[CrossKV] | None]:
+        """A sequence's window (``musicgen.sequence.WindowRun``) begins in ``slot``: its text written, its
+        prefix and first columns prefilled. Returns the logits of its last prefilled position, the positions
+        filled, and the slot's rows of the text buffers."""
+        cond = window.cond
+        prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
+        self.ensure(prefix_len + window.length)
+        text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
+        views = self.start(slot, window.rows, text)
+        ids = window.prefill_ids()
+        return self.prefill(slot, ids, cond.prefix, views), prefix_len + ids.shape[-1], views
+
     def set_column(self, slot: int, ids: torch.Tensor) -> None:
         """The column ``ids`` (rows, K, 1) the slot decodes next (one row fills both)."""
         self.ids[self.rows_of(slot)] = ids

@@ -308,22 +308,19 @@ class Scheduler:
 
     def _start_window(self, job: Job) -> None:
         window = job.sequence.next_window()
+        if self.graph is not None:
+            logits, job.filled, job.text = self.graph.open_window(job.slot, window)
+            self._consume(job, logits)
+            return
         cond = window.cond
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
         length = prefix_len + window.prefill_ids().shape[-1]
-        text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
-        if self.graph is not None:
-            self.graph.ensure(prefix_len + window.length)
-            job.text = self.graph.start(job.slot, window.rows, text)
-            job.filled = length
-            self._consume(job, self.graph.prefill(job.slot, window.prefill_ids(), cond.prefix, job.text))
-            return
         if prefix_len + window.length > self.length:
             self.caches, self.length = grow_caches(self.decoder, self.caches, ROWS_PER_SLOT * self.slots,
                                                    prefix_len + window.length)
-        job.text = text
+        job.text = None if cond.text_states is None else self.decoder.text_kv(cond.text_states, cond.text_mask)
         job.filled = length
-        segment = Segment(self._rows(job), torch.arange(length, device=self.decoder.device), length, text)
+        segment = Segment(self._rows(job), torch.arange(length, device=self.decoder.device), length, job.text)
         self._consume(job, self.decoder.prefill(window.prefill_ids(), segment, cond.prefix, self.caches))
 
     def _segment(self, job: Job) -> Segment:

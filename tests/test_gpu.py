@@ -49,14 +49,11 @@ def test_a_decode_step_and_its_sampling_never_wait_for_the_device(checkpoints):
     try:
         sequences = [_sequence(engine, text, 1, i) for i, text in enumerate(("a", "drums", None, "strings"))]
         with torch.inference_mode():
+            filled = 0
             for slot, seq in enumerate(sequences):
-                window = seq.next_window()
-                text = None if window.cond.text_states is None else engine.backend.decoder.text_kv(
-                    window.cond.text_states, window.cond.text_mask)
-                views = graph.start(slot, window.rows, text)
-                seq.consume(graph.prefill(slot, window.prefill_ids(), window.cond.prefix, views))
-            filled = window.cond.prefix.shape[1] if window.cond.prefix is not None else 0
-            filled += sequences[0].window.prefill_ids().shape[-1]
+                logits, length, _ = graph.open_window(slot, seq.next_window())
+                seq.consume(logits)
+                filled = max(filled, length)
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:

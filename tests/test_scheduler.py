@@ -244,13 +244,9 @@ def test_a_fixed_step_its_sampling_and_its_bookkeeping_never_read_the_device(che
         filled = []
         with torch.inference_mode():
             for slot, seq in enumerate(sequences):
-                window = seq.next_window()
-                text = None if window.cond.text_states is None else engine.backend.decoder.text_kv(
-                    window.cond.text_states, window.cond.text_mask)
-                views = graph.start(slot, window.rows, text)
-                seq.consume(graph.prefill(slot, window.prefill_ids(), window.cond.prefix, views))
-                filled.append((0 if window.cond.prefix is None else window.cond.prefix.shape[1])
-                              + window.prefill_ids().shape[-1])
+                logits, length, _ = graph.open_window(slot, seq.next_window())
+                seq.consume(logits)
+                filled.append(length)
             with _Ops() as recorded:
                 for step in range(10):
                     for slot, seq in enumerate(sequences):
