@@ -8,9 +8,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import MusicGenError
-from .inputs import INPUTS, OUTPUT_FORMATS
-from .request import GenerationRequest
+from musicgen.errors import MusicGenError
+from musicgen.inputs import INPUTS, OUTPUT_FORMATS
+from musicgen.request import GenerationRequest
 
 
 class _Bar:
@@ -101,7 +101,7 @@ def build_batch_parser() -> argparse.ArgumentParser:
 
 
 def batch_main(argv: list[str]) -> int:
-    from .batch import run_batch
+    from musicgen.serving.batch import run_batch
 
     args = build_batch_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -111,7 +111,7 @@ def batch_main(argv: list[str]) -> int:
         return 2
     try:
         if args.ray is not None:
-            from .distributed import RayBatch, import_ray
+            from musicgen.serving.distributed import RayBatch, import_ray
 
             import_ray()  # the missing extra is said before anything loads
             failures = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
@@ -119,7 +119,7 @@ def batch_main(argv: list[str]) -> int:
                                 cpus_per_actor=args.cpus_per_actor,
                                 address=None if args.ray == "local" else args.ray).run()
         else:
-            from .service import MusicGen  # heavy imports only once the arguments are known to be good
+            from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 
             model = MusicGen.load(args.weights, device=args.device, precision=args.precision,
                                   concurrency=args.concurrency)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt})
         if request.input_audio is not None and not request.input_audio.is_file():
             raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")
-        from .service import MusicGen  # heavy imports only once the arguments are known to be good
+        from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 
         model = MusicGen.load(args.weights, device=args.device, precision=args.precision, concurrency=1)
         produced = model.predict(request, progress=_Bar()).paths[0]

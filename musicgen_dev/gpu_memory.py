@@ -1,4 +1,4 @@
-"""The README's GPU memory table, from the real checkpoints' shapes through ``musicgen.memory.plan`` (the
+"""The README's GPU memory table, from the real checkpoints' shapes through ``musicgen.serving.memory.plan`` (the
 function a server's setup calls), so docs and code agree:
 
     .venv/bin/python -m musicgen_dev.gpu_memory
@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-from musicgen import memory
+from musicgen.serving import memory
 
 GIB = 2**30
 CONTEXT_BYTES = int(0.5 * memory.GB)  # the CUDA context and PyTorch's kernels, before anything is loaded

@@ -59,7 +59,7 @@ def test_a_text_file_is_one_prompt_per_line_with_the_flags_as_defaults(checkpoin
 
 
 def test_batched_outputs_are_the_bytes_each_request_gives_alone(checkpoints, tmp_path):
-    from musicgen.batch import run_batch
+    from musicgen.serving.batch import run_batch
 
     model = MusicGen.load(checkpoints["melody"], device="cpu", concurrency=3)
     sf.write(tmp_path / "melody.wav", tone([262.0, 330.0, 392.0], 3.0), SR)

@@ -18,9 +18,9 @@ import soundfile as sf
 
 from conftest import SR, tone
 from musicgen import MusicGen
-from musicgen.batch import run_batch
-from musicgen.distributed import RAY_MISSING, RayBatch
-from musicgen.store import OutputStore
+from musicgen.serving.batch import run_batch
+from musicgen.serving.distributed import RAY_MISSING, RayBatch
+from musicgen.serving.store import OutputStore
 
 
 @pytest.fixture(scope="module")

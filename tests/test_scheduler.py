@@ -11,10 +11,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tone
-from musicgen.engine import Engine, WindowSettings
-from musicgen.loading import load
-from musicgen.sampling import SamplingParams
-from musicgen.scheduler import Cancelled, Scheduler
+from musicgen.engine.engine import Engine, WindowSettings
+from musicgen.engine.loading import load
+from musicgen.engine.sampling import SamplingParams
+from musicgen.serving.scheduler import Cancelled, Scheduler
 
 
 def _requests(engine):
@@ -30,7 +30,7 @@ def _requests(engine):
 
 def _sequence(engine, request):
     text, seconds, params, seed, melody, prompt = request
-    from musicgen.sequence import Sequence
+    from musicgen.engine.sequence import Sequence
 
     melody_source = engine.melody_source(melody) if melody is not None else None
     return Sequence(engine, engine.conditioner.encode_text(text), seconds * engine.frame_rate, params,
@@ -139,7 +139,7 @@ def test_the_compiled_fixed_step_serves_every_request_shape_without_compiling_ag
     engine = Engine(model, tokenizer, windows, precision="fp32", static_step=True, compile=True,
                     compile_backend=backend)
     eager = Engine(model, tokenizer, windows, precision="fp32", static_step=True)
-    caplog.set_level("WARNING", logger="musicgen.graphs")
+    caplog.set_level("WARNING", logger="musicgen.engine.graphs")
     scheduler, reference = Scheduler(engine, 4), Scheduler(eager, 4)
     try:
         at_setup = len(compiled)  # one graph; specialized at most on whether a read covers the whole cache
@@ -196,7 +196,7 @@ def test_the_shared_step_failing_for_lack_of_memory_decodes_each_request_alone(c
         requests = _requests(engine)
         alone = [scheduler.run(_sequence(engine, r)) for r in requests]
         decoder.step = limited
-        caplog.set_level("WARNING", logger="musicgen.scheduler")
+        caplog.set_level("WARNING", logger="musicgen.serving.scheduler")
         jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
         assert all(torch.equal(job.wait(), a) for job, a in zip(jobs, alone))
         assert "the shared decode step of 4 request(s) failed (OutOfMemoryError" in caplog.text

@@ -1,10 +1,10 @@
 """Batch generation: a file of requests into a directory (or fsspec URL) of outputs, decoded concurrently
-through the scheduler, resumable. :mod:`musicgen.distributed` runs the same job over a Ray cluster.
+through the scheduler, resumable. :mod:`musicgen.serving.distributed` runs the same job over a Ray cluster.
 
 The requests file is JSON Lines (one object per line with any of the 13 inputs, ``input_audio`` a path
 relative to the file, and an optional ``name`` for the output file) or plain text (one prompt per line).
 Each output is ``<name>.<format>`` (default name: the line number, ``0001``), written under a temporary name
-and renamed (:mod:`musicgen.store`), so it exists once and whole; outputs that exist are skipped, so an interrupted job resumes where
+and renamed (:mod:`musicgen.serving.store`), so it exists once and whole; outputs that exist are skipped, so an interrupted job resumes where
 it stopped. ``results.jsonl`` in the output directory records every request's file, seed and time, or its
 error sentence (a bad line fails alone).
 """
@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MusicGenError
-from .inputs import SPECS
-from .request import GenerationRequest
-from .scheduler import Cancelled
-from .store import OutputStore
+from musicgen.errors import MusicGenError
+from musicgen.inputs import SPECS
+from musicgen.request import GenerationRequest
+from musicgen.serving.scheduler import Cancelled
+from musicgen.serving.store import OutputStore
 
 log = logging.getLogger(__name__)
 

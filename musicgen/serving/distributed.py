@@ -1,5 +1,5 @@
 """A batch job over a Ray cluster (``musicgen batch --ray [ADDRESS]``): the single-process batch
-(:mod:`musicgen.batch`) with one long-lived worker per device slot.
+(:mod:`musicgen.serving.batch`) with one long-lived worker per device slot.
 
 Each worker is a Ray actor holding a loaded model and its scheduler (one per GPU; on CPU, one per
 ``cpus_per_actor`` cores), taking as many requests at once as its scheduler decodes together. The driver
@@ -28,10 +28,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio_io import MAX_UPLOAD_BYTES
-from .batch import BatchItem, ProgressBar, Summary, generate, output_name, plan, read_requests
-from .errors import MusicGenError
-from .store import OutputStore
+from musicgen.audio.audio_io import MAX_UPLOAD_BYTES
+from musicgen.serving.batch import BatchItem, ProgressBar, Summary, generate, output_name, plan, read_requests
+from musicgen.errors import MusicGenError
+from musicgen.serving.store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Worker:
 
         if threads:
             torch.set_num_threads(threads)
-        from .service import MusicGen
+        from musicgen.serving.service import MusicGen
 
         self.model = MusicGen.load(weights, device=device, precision=precision, concurrency=concurrency)
         self.scratch = Path(tempfile.mkdtemp(prefix="musicgen-worker-"))
@@ -176,7 +176,7 @@ class RayBatch:
             threads = per
         import torch
 
-        from .settings import Settings
+        from musicgen.settings import Settings
 
         options["threads"] = threads
         options["slots"] = Settings.from_env(device=device, concurrency=self.concurrency).slots(torch.device(device))
