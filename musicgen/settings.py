@@ -148,5 +148,5 @@ def default_precision(device: torch.device) -> str:
 def default_concurrency(device: torch.device) -> int:
     """Requests decoded at once unless MUSICGEN_CONCURRENCY (or COG_MAX_CONCURRENCY) says otherwise: 2 on a
     CPU (two cores gain little past that), at most 8 on a GPU, fewer when the card's memory holds fewer
-    (``musicgen.serving.memory``: each slot holds a 30 s window's KV cache, 0.4 to 1.6 GB, README)."""
+    (``musicgen.serving.memory``: each slot holds a 30 s window's KV cache, 0.4 to 1.6 GB, docs/deployment.md)."""
     return 8 if device.type == "cuda" else 2

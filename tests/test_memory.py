@@ -1,5 +1,5 @@
 """The GPU memory plan (musicgen.serving.memory): sizes from the real checkpoints' shapes, the slots a card holds, the
-sentence when none fits, the plan's sizes against what the scheduler really allocates, the README's table,
+sentence when none fits, the plan's sizes against what the scheduler really allocates, the table of docs/deployment.md,
 and the bound on request-side work (musicgen.serving.gpu_work)."""
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def test_the_slot_size_is_what_the_scheduler_allocates(checkpoints):
         model.release_outputs()
 
 
-def test_the_readme_table_is_the_one_the_plan_gives():
-    assert gpu_memory.table() in (ROOT / "README.md").read_text()
+def test_the_documented_table_is_the_one_the_plan_gives():
+    assert gpu_memory.table() in (ROOT / "docs" / "deployment.md").read_text()
 
 
 def test_request_side_work_is_bounded_by_the_plan():

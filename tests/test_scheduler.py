@@ -201,7 +201,9 @@ def test_the_shared_step_failing_for_lack_of_memory_decodes_each_request_alone(c
         assert all(torch.equal(job.wait(), a) for job, a in zip(jobs, alone))
         assert "the shared decode step of 4 request(s) failed (OutOfMemoryError" in caplog.text
         poisoned.append(2)  # the request in slot 1: its own step fails too
-        jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
+        sequences = [_sequence(engine, r) for r in requests]
+        with scheduler.wake:  # all four queued before the loop admits any: request i takes slot i (else the
+            jobs = [scheduler.submit(s) for s in sequences]  # failed one's slot could go to a later request)
         with pytest.raises(torch.OutOfMemoryError):
             jobs[1].wait()
         assert all(torch.equal(jobs[i].wait(), alone[i]) for i in (0, 2, 3))

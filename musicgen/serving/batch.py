@@ -15,7 +15,6 @@ import json
 import logging
 import queue
 import shutil
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from musicgen.errors import MusicGenError
 from musicgen.inputs import SPECS
 from musicgen.request import GenerationRequest
 from musicgen.serving.scheduler import Cancelled
+from musicgen.serving import progress
 from musicgen.serving.store import OutputStore
 
 log = logging.getLogger(__name__)
@@ -68,26 +68,6 @@ def read_requests(path: Path, defaults: dict | None = None) -> list[BatchItem | 
             record["input_audio"] = (path.parent / record["input_audio"]).resolve()
         items.append(BatchItem(name, {**(defaults or {}), **record}, number))
     return items
-
-
-class ProgressBar:
-    """One progress line over the whole job, on stderr."""
-
-    def __init__(self, total: int, width: int = 30):
-        self.total, self.width, self.done, self.started = total, width, 0, time.monotonic()
-        self.lock = threading.Lock()
-
-    def advance(self) -> None:
-        with self.lock:
-            self.done += 1
-            filled = self.width * self.done // max(1, self.total)
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            sys.stderr.write(f"\rbatch [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                             f"requests, {elapsed:.0f} s, about {eta:.0f} s left")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def output_name(item: BatchItem) -> str:
@@ -153,7 +133,7 @@ def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | N
     if todo.empty():
         store.close()
         return summary.failed
-    bar = ProgressBar(todo.qsize())
+    bar = progress.bar(todo.qsize(), "batch", "request")
     scratch = store.scratch()
     lock = threading.Lock()
     stop = threading.Event()
@@ -179,7 +159,8 @@ def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | N
                     summary.failed += 1
             except Cancelled:
                 return
-            bar.advance()
+            with lock:
+                bar.update()
 
     count = workers or model.scheduler.slots
     threads = [threading.Thread(target=worker, name=f"musicgen-batch-{i}") for i in range(count)]
@@ -195,6 +176,7 @@ def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | N
             t.join()
         raise
     finally:
+        bar.close()
         shutil.rmtree(scratch, ignore_errors=True)
         store.close()
     log.info(summary.line(f"{count} slot(s) of one process"))

@@ -4,10 +4,10 @@ A GPU process holds the weights (measured once loaded), one KV cache slot per re
 room for the work around the decode loop: the prefill of a window (one at a time, in the decode loop) and the
 request-side work (text encoder, EnCodec chunks, Demucs segments), of which at most ``request_workers`` run
 at once (``musicgen.serving.gpu_work``). ``plan`` turns those sizes and the card's free memory into slots; it is pure,
-so the README's table (``python -m musicgen_dev.gpu_memory``) and a server's setup compute the same numbers.
+so the table of docs/deployment.md (``python -m musicgen_dev.gpu_memory``) and a server's setup compute the same numbers.
 
 Request-side peaks were measured with the real layouts (``bench/request_memory.py``, CPU peak resident
-memory; see README) and are rounded up here, because the GPU's caching allocator and cuDNN's workspaces add
+memory; see docs/deployment.md) and are rounded up here, because the GPU's caching allocator and cuDNN's workspaces add
 to them.
 """
 
@@ -144,5 +144,5 @@ def does_not_fit(checkpoint: str, card: str, free: int, total: int, why: str) ->
     return MusicGenError(
         f"{checkpoint} does not fit on this GPU ({card}: {free / GB:.1f} GB free of {total / GB:.1f} GB): {why}; "
         "use a card with more memory, free the card of other processes, or set MUSICGEN_MODEL to a smaller "
-        "checkpoint (README, \"GPU memory\")."
+        "checkpoint (docs/deployment.md, \"GPU memory\")."
     )

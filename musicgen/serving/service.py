@@ -250,7 +250,7 @@ class MusicGen:
         done = time.monotonic()
         timings = {"audio_in": read - started, "generate": generated - read, "output": done - generated,
                    "total": done - started}
-        log.info("wrote %s (%.2f s of audio): generation %.1f s, total %.1f s", path.name,
+        log.info("generated %.2f s of audio: generation %.1f s, total %.1f s",
                  wav.shape[-1] / eng.sample_rate, timings["generate"], timings["total"])
         return PredictionResult([path], seed, timings)
 
