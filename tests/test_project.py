@@ -208,6 +208,18 @@ def test_the_readmes_cli_commands_run_as_written(checkpoints, tmp_path):
     assert sf.info(str(tmp_path / "outputs" / "more.wav")).frames == 10 * SR
 
 
+def test_the_readmes_library_example_runs_as_written(checkpoints, tmp_path):
+    """The README's Python block, with the tiny checkpoint's path for weights/musicgen-melody."""
+    text = (ROOT / "README.md").read_text()
+    [code] = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python\n")]
+    code = code.replace('"weights/musicgen-melody"', repr(str(checkpoints["melody"])))
+    code += "print(result.paths[0].stat().st_size, result.seed, sorted(result.timings))\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    size, seed, timings = done.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert int(size) > 8 * SR * 2 and seed == "1" and timings == "['audio_in', 'generate', 'output', 'total']"
+
+
 def test_cli_takes_the_prompt_once():
     from musicgen.cli import main
 
