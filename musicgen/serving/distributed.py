@@ -1,4 +1,4 @@
-"""A batch job over a Ray cluster (``musicgen batch --ray [ADDRESS]``): the single-process batch
+"""A batch job over a Ray cluster (``musicgen batch --ray``, ``--ray-address ADDRESS``): the single-process batch
 (:mod:`musicgen.serving.batch`) with one long-lived worker per device slot.
 
 Each worker is a Ray actor holding a loaded model and its scheduler (one per GPU; on CPU, one per
