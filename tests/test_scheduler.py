@@ -133,6 +133,8 @@ def test_the_compiled_fixed_step_serves_every_request_shape_without_compiling_ag
     lengths, windows, texts, guidance, melody and prompts, joining at different times, compile nothing
     more, run only recorded shapes, and decode the eager fixed step's tokens. (A text past its bucket, or a
     melody prefix past the cache, grows the buffers and records every shape again: a setup event.)"""
+    torch._dynamo.reset()  # count this test's compilations only: earlier tests' compiled frames and
+    # recompile counts live in the same process (past the recompile limit dynamo would run eagerly, silently)
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
     windows = WindowSettings(window_s=1.0, stride_s=0.6)
     backend, compiled = _counting_backend()
