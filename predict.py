@@ -17,7 +17,7 @@ from typing import List, Optional
 from cog import BasePredictor, Input, Path, concurrent
 
 from musicgen.request import GenerationRequest
-from musicgen.service import MusicGen
+from musicgen.serving.service import MusicGen
 
 
 class Predictor(BasePredictor):

@@ -43,8 +43,8 @@ def measure(checkpoint: str, precision: str, device: str) -> None:
     from transformers import (  # noqa: F401  (imported here so that setup_s is the load alone)
         AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration)
 
-    from musicgen.sampling import SamplingParams
-    from musicgen.service import MusicGen
+    from musicgen.engine.sampling import SamplingParams
+    from musicgen.serving.service import MusicGen
 
     imported = time.perf_counter()
     logging.disable(logging.INFO)

@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from musicgen.engine import Engine
-from musicgen.sampling import SamplingParams, apply_cfg
-from musicgen.sequence import Sequence
+from musicgen.engine.engine import Engine
+from musicgen.engine.sampling import SamplingParams, apply_cfg
+from musicgen.engine.sequence import Sequence
 from musicgen.settings import default_precision
 from musicgen_dev.checkpoints import build_random_model
 from musicgen_dev.peers import make_peer, peer_names

@@ -28,9 +28,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     import ray
 
-    from musicgen.batch import run_batch
-    from musicgen.distributed import RayBatch
-    from musicgen.service import MusicGen
+    from musicgen.serving.batch import run_batch
+    from musicgen.serving.distributed import RayBatch
+    from musicgen.serving.service import MusicGen
     from musicgen_dev.checkpoints import build_random_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="bench-distributed-"))

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from musicgen import GenerationRequest
-from musicgen.engine import Engine
-from musicgen.normalize import normalize
-from musicgen.output import write_audio
-from musicgen.service import MusicGen
+from musicgen.engine.engine import Engine
+from musicgen.audio.normalize import normalize
+from musicgen.audio.output import write_audio
+from musicgen.serving.service import MusicGen
 from musicgen.settings import default_precision
 from musicgen_dev.checkpoints import build_random_model
 from musicgen_dev.peers import make_peer, peer_names

@@ -32,7 +32,7 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     from musicgen import GenerationRequest
-    from musicgen.service import MusicGen
+    from musicgen.serving.service import MusicGen
     from musicgen_dev.checkpoints import build_random_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="gpu-plan-"))

@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from musicgen.decoder import layer_norm
-from musicgen.engine import Engine
-from musicgen.quant import _RANGE_MARKERS
-from musicgen.sampling import SamplingParams, apply_cfg, sample_next
-from musicgen.sequence import Sequence
+from musicgen.engine.decoder import layer_norm
+from musicgen.engine.engine import Engine
+from musicgen.engine.quant import _RANGE_MARKERS
+from musicgen.engine.sampling import SamplingParams, apply_cfg, sample_next
+from musicgen.engine.sequence import Sequence
 from musicgen.settings import default_precision
 from musicgen_dev.checkpoints import build_random_model
 

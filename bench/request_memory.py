@@ -2,7 +2,7 @@
 one EnCodec chunk decoded and encoded (32 kHz, 50 Hz, a 30 s window plus 50 frames of context each side),
 T5-base over 512 tokens, one HTDemucs segment. Each runs in a fresh process; the figure is the growth of
 its peak resident memory over the loaded model's. The GPU's caching allocator and cuDNN workspaces differ,
-so ``musicgen.memory`` plans with these figures rounded up.
+so ``musicgen.serving.memory`` plans with these figures rounded up.
 
     .venv/bin/python bench/request_memory.py
 """
@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 WORKS = ("encodec-decode", "encodec-encode", "t5", "htdemucs")
-CHUNK_FRAMES = 1500 + 2 * 50  # a window and its context on both sides (musicgen.codec)
+CHUNK_FRAMES = 1500 + 2 * 50  # a window and its context on both sides (musicgen.engine.codec)
 HOP = 640
 
 

@@ -1,5 +1,6 @@
 """Resource soak: 200 sequential predictions on a tiny random-weight checkpoint, mixing text, melody and
-continuation, through the Cog predictor. Prints RSS at the start, after the warm-up and at the end, and the
+continuation, through the Cog predictor (melody requests separate their stems with a random-weight HTDemucs
+bag, built here like the checkpoint). Prints RSS at the start, after the warm-up and at the end, and the
 files left in the temp directory. Fails (exit 1) when RSS grows by 5 % or more over the last 150
 predictions, or when any file is left behind.
 
@@ -47,6 +48,7 @@ def main() -> int:
 
     from musicgen.inputs import DEFAULTS
     from musicgen_dev.checkpoints import build_random_checkpoint
+    from musicgen_dev.separation import build_random_stems
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     ckpt = build_random_checkpoint(work / "melody", melody=True, seed=3)
@@ -55,6 +57,7 @@ def main() -> int:
     sf.write(clip, (0.4 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 32000)
 
     os.environ["MUSICGEN_WEIGHTS"] = str(ckpt)
+    os.environ["MUSICGEN_STEMS_WEIGHTS"] = str(build_random_stems(work / "htdemucs"))
     spec = importlib.util.spec_from_file_location("predict", ROOT / "predict.py")  # as Cog loads it
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)
@@ -68,7 +71,9 @@ def main() -> int:
     kinds = [
         dict(),
         dict(input_audio=CogPath(clip), output_format="mp3"),
-        dict(input_audio=CogPath(clip), continuation=True, continuation_start=1, normalization_strategy="peak"),
+        # duration is the whole output, the continued second included: 1 s of the clip and 1 s new
+        dict(input_audio=CogPath(clip), continuation=True, continuation_start=1, continuation_end=2, duration=2,
+             normalization_strategy="peak"),
     ]
     rss = {"start": rss_mib()}
     started = time.monotonic()

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen.chroma import chroma
-from musicgen.stems import StemSeparator
+from musicgen.engine.chroma import chroma
+from musicgen.engine.stems import StemSeparator
 
 SR = 32000
 NOTES = [261.63, 293.66, 329.63, 349.23, 392.0, 440.0, 493.88, 523.25]

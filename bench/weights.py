@@ -29,7 +29,8 @@ def child(what: str, directory: Path) -> None:
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration  # noqa: F401
 
     logging.basicConfig(level=logging.INFO, format="  %(name)s: %(message)s", stream=sys.stderr)
-    from musicgen import hub, loading
+    from musicgen import hub
+    from musicgen.engine import loading
     from musicgen.manifest import Manifest, sha256
 
     started = time.perf_counter()

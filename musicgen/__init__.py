@@ -7,23 +7,24 @@ Library entry points::
     result = model.predict(GenerationRequest(prompt="lofi beat", duration=8))
     result.paths, result.seed, result.timings
 
-Layers, each importing only the ones below it: ``service`` (request -> audio in -> engine -> normalization
--> output) over ``engine`` (conditioning, windows, codec, the decode loop) over ``backends`` / ``decoder``
-(``kv_cache``, ``quant``); ``request`` / ``inputs`` describe what may be asked, ``settings`` / ``hub`` /
-``loading`` where the weights come from.
+Packages, each importing only the ones below it (docs/architecture.md): ``musicgen.serving`` (the library's
+``MusicGen``, continuous batching, batch jobs, metrics) over ``musicgen.engine`` (weights, conditioning, codec,
+the decoder and its step) over ``musicgen.audio`` (decode, normalize, write). On top: ``inputs`` / ``request``
+describe what may be asked, ``settings`` / ``hub`` / ``manifest`` where the weights come from, ``cli`` the
+command; ``errors`` is imported by all.
 """
 
-from .errors import MusicGenError, WeightsNotFoundError
-from .request import GenerationRequest
+from musicgen.errors import MusicGenError, WeightsNotFoundError
+from musicgen.request import GenerationRequest
 
 
 def __getattr__(name):  # these pull in torch/transformers: import them only when asked for
     if name in ("MusicGen", "PredictionResult"):
-        from . import service
+        from musicgen.serving import service
 
         return getattr(service, name)
     if name == "Settings":
-        from .settings import Settings
+        from musicgen.settings import Settings
 
         return Settings
     raise AttributeError(name)

@@ -8,27 +8,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import MusicGenError
-from .inputs import INPUTS, OUTPUT_FORMATS
-from .request import GenerationRequest
+from musicgen.errors import MusicGenError
+from musicgen.inputs import INPUTS, OUTPUT_FORMATS
+from musicgen.request import GenerationRequest
 
 
-class _Bar:
-    """A one-line progress bar on stderr."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's help ends with its default, unless it has none (None) or the help already says it."""
 
-    def __init__(self, width: int = 30):
-        self.width = width
-        self.shown = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        filled = self.width * done // total
-        if filled == self.shown and done != total:
-            return
-        self.shown = filled
-        sys.stderr.write(f"\rgenerating [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} steps")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _optional_int(text: str) -> int | None:
@@ -65,8 +56,10 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="musicgen", description="Generate music with MusicGen. "
+    p = argparse.ArgumentParser(prog="musicgen", formatter_class=_HelpFormatter,
+                                description="Generate music with MusicGen: musicgen \"lofi beat\" -o beat.wav. "
                                 "`musicgen batch --help`: many requests from a file.")
+    p.add_argument("text", nargs="?", default=None, metavar="PROMPT", help="the prompt (or --prompt)")
     _input_flags(p)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output file, or directory (no extension) to write into; default: the current directory; "
@@ -76,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_batch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="musicgen batch", description="Generate every request of a file into a "
+    p = argparse.ArgumentParser(prog="musicgen batch", formatter_class=_HelpFormatter, description="Generate every request of a file into a "
                                 "directory, several at once, skipping outputs that exist (resumable).")
     p.add_argument("requests", type=Path, help="JSON Lines (one object of inputs per line, optional \"name\") "
                    "or text (one prompt per line)")
@@ -86,9 +79,10 @@ def build_batch_parser() -> argparse.ArgumentParser:
                    help="requests decoded at once (per worker with --ray; default: MUSICGEN_CONCURRENCY, else the "
                    "device's default)")
     ray = p.add_argument_group("on a Ray cluster (pip install '.[ray]')")
-    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                     help="run the job on Ray: join the cluster at ADDRESS (auto, host:6379, ray://host:10001), "
-                     "or start a local one when no address is given")
+    ray.add_argument("--ray", action="store_true",
+                     help="run the job on Ray: on a local cluster started for it, or the one of --ray-address")
+    ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="the Ray cluster to join (auto, host:6379, ray://host:10001); implies --ray")
     ray.add_argument("--actors", type=int, default=None,
                      help="Ray workers, each holding a loaded model (default: one per GPU, else one per "
                      "--cpus-per-actor CPUs of the cluster)")
@@ -101,7 +95,7 @@ def build_batch_parser() -> argparse.ArgumentParser:
 
 
 def batch_main(argv: list[str]) -> int:
-    from .batch import run_batch
+    from musicgen.serving.batch import run_batch
 
     args = build_batch_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -110,16 +104,16 @@ def batch_main(argv: list[str]) -> int:
         print(f"error: {args.requests} is not a file.", file=sys.stderr)
         return 2
     try:
-        if args.ray is not None:
-            from .distributed import RayBatch, import_ray
+        if args.ray or args.ray_address is not None:
+            from musicgen.serving.distributed import RayBatch, import_ray
 
             import_ray()  # the missing extra is said before anything loads
             failures = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
                                 precision=args.precision, concurrency=args.concurrency, actors=args.actors,
                                 cpus_per_actor=args.cpus_per_actor,
-                                address=None if args.ray == "local" else args.ray).run()
+                                address=args.ray_address).run()
         else:
-            from .service import MusicGen  # heavy imports only once the arguments are known to be good
+            from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 
             model = MusicGen.load(args.weights, device=args.device, precision=args.precision,
                                   concurrency=args.concurrency)
@@ -137,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["batch"]:
         return batch_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.text is not None:
+        if args.prompt is not None:
+            parser.error("give the prompt once: as PROMPT or as --prompt")
+        args.prompt = args.text
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     fmt = args.output_format
     if fmt is None:
@@ -147,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt})
         if request.input_audio is not None and not request.input_audio.is_file():
             raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")
-        from .service import MusicGen  # heavy imports only once the arguments are known to be good
+        from musicgen.serving.progress import StepBar
+        from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 
         model = MusicGen.load(args.weights, device=args.device, precision=args.precision, concurrency=1)
-        produced = model.predict(request, progress=_Bar()).paths[0]
+        produced = model.predict(request, progress=StepBar()).paths[0]
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

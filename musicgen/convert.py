@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MusicGenError
+from musicgen.errors import MusicGenError
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def map_state_dict(state: dict[str, torch.Tensor], hidden: int) -> dict[str, tor
 def convert(src: Path, dst: Path, base: Path) -> Path:
     """Write a transformers-format checkpoint to ``dst``: BASE's text encoder, tokenizer and codec with the
     language model of the audiocraft checkpoint in ``src``."""
-    from .layout import is_checkpoint
-    from .loading import load
+    from musicgen.engine.layout import is_checkpoint
+    from musicgen.engine.loading import load
 
     if not is_checkpoint(base):
         raise MusicGenError(f"--base {base} is not a transformers MusicGen checkpoint (config.json + safetensors or .bin weights).")

@@ -3,7 +3,7 @@ HTDemucs bag that separates melody stems. For each: where it is, whether a direc
 it and verifying it.
 
 A download resolves the revision once (MUSICGEN_REVISION: a branch, tag or commit; default ``main``), fetches
-at that commit only the files loading needs (``musicgen.layout`` chooses them from the repository's own file
+at that commit only the files loading needs (``musicgen.engine.layout`` chooses them from the repository's own file
 list; partial files resume), checks every file's size and hash against the Hub's listing and records them in the
 directory's manifest (``musicgen.manifest``). A directory the project downloaded is used only once its manifest
 says it verified and every file has its recorded size; otherwise the next start repairs it (downloading
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from . import layout, stems
-from .errors import WeightsNotFoundError
-from .manifest import DOWNLOADING, FAILED, VERIFIED, VERIFYING, FileRecord, Manifest
-from .settings import Settings
+from musicgen.engine import layout, stems
+from musicgen.errors import WeightsNotFoundError
+from musicgen.manifest import DOWNLOADING, FAILED, VERIFIED, VERIFYING, FileRecord, Manifest
+from musicgen.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _remove(directory: Path, names: list[str]) -> None:
 def _convert(directory: Path, manifest: Manifest, sources: list[str], previous: Manifest | None) -> None:
     """Record ``model.safetensors`` converted from the ``.bin`` ``sources``: the one a previous download of
     the same commit made when it is intact (by size; not named damaged), else a new conversion."""
-    from .manifest import sha256
+    from musicgen.manifest import sha256
 
     target = directory / layout.SAFETENSORS
     old = previous.files.get(target.name) if previous else None

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MusicGenError
-from .normalize import STRATEGIES as NORMALIZATION_STRATEGIES
-from .output import FORMATS as OUTPUT_FORMATS
+from musicgen.errors import MusicGenError
+from musicgen.audio.normalize import STRATEGIES as NORMALIZATION_STRATEGIES
+from musicgen.audio.output import FORMATS as OUTPUT_FORMATS
 
 MIN_DURATION = 1
 MAX_DURATION = 300

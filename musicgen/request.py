@@ -6,8 +6,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MusicGenError
-from .inputs import DEFAULTS, INPUTS, MAX_SEED
+from musicgen.errors import MusicGenError
+from musicgen.inputs import DEFAULTS, INPUTS, MAX_SEED
 
 
 @dataclass(frozen=True)

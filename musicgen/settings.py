@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from . import device as device_mod
-from .errors import MusicGenError
-from .stems import MODEL_NAME as STEMS_MODEL
+from musicgen.engine import device as device_mod
+from musicgen.errors import MusicGenError
+from musicgen.engine.stems import MODEL_NAME as STEMS_MODEL
 
 DEFAULT_MODEL = "facebook/musicgen-melody"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ class Settings:
     melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
-    metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.metrics)
+    metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
 
     def __post_init__(self) -> None:
@@ -108,7 +108,7 @@ class Settings:
         return self.stems_weights if self.stems_weights is not None else WEIGHTS_ROOT / STEMS_MODEL
 
     def torch_device(self) -> torch.device:
-        """The device to serve on, or a refusal in one sentence (``musicgen.device``)."""
+        """The device to serve on, or a refusal in one sentence (``musicgen.engine.device``)."""
         return device_mod.resolve(self.device)
 
     def slots(self, device: torch.device) -> int:
@@ -116,7 +116,7 @@ class Settings:
         return self.concurrency or default_concurrency(device)
 
     def fixed_step(self, device: torch.device) -> bool:
-        """Whether requests decode in the fixed-shape step (``musicgen.graphs``, CUDA graphs on a GPU):
+        """Whether requests decode in the fixed-shape step (``musicgen.engine.graphs``, CUDA graphs on a GPU):
         MUSICGEN_STEP=fixed, or auto on CUDA; else in the segments' step (exact, cheapest on a CPU)."""
         return self.step == "fixed" or (self.step == "auto" and device.type == "cuda")
 
@@ -148,5 +148,5 @@ def default_precision(device: torch.device) -> str:
 def default_concurrency(device: torch.device) -> int:
     """Requests decoded at once unless MUSICGEN_CONCURRENCY (or COG_MAX_CONCURRENCY) says otherwise: 2 on a
     CPU (two cores gain little past that), at most 8 on a GPU, fewer when the card's memory holds fewer
-    (``musicgen.memory``: each slot holds a 30 s window's KV cache, 0.4 to 1.6 GB, README)."""
+    (``musicgen.serving.memory``: each slot holds a 30 s window's KV cache, 0.4 to 1.6 GB, docs/deployment.md)."""
     return 8 if device.type == "cuda" else 2

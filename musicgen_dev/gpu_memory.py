@@ -1,4 +1,4 @@
-"""The README's GPU memory table, from the real checkpoints' shapes through ``musicgen.memory.plan`` (the
+"""The GPU memory table of docs/deployment.md, from the real checkpoints' shapes through ``musicgen.serving.memory.plan`` (the
 function a server's setup calls), so docs and code agree:
 
     .venv/bin/python -m musicgen_dev.gpu_memory
@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-from musicgen import memory
+from musicgen.serving import memory
 
 GIB = 2**30
 CONTEXT_BYTES = int(0.5 * memory.GB)  # the CUDA context and PyTorch's kernels, before anything is loaded
@@ -106,7 +106,7 @@ def rows(decoder_bytes: int = 2) -> list[Row]:
 
 
 def table() -> str:
-    """The README's table (markdown)."""
+    """The table of docs/deployment.md (markdown)."""
     gb = memory.GB
     lines = ["| checkpoint | weights | KV cache per slot | request-side work (each) | prefill | "
              + " | ".join(CARDS) + " |", "|---" * (5 + len(CARDS)) + "|"]

@@ -3,7 +3,7 @@
 The real bag (``adefossez/HTDemucs``) is ``htdemucs.yaml`` naming one safetensors file per model, each holding
 the model's state with its class and constructor arguments as JSON in the safetensors metadata. Tests and
 benchmarks cannot reach the Hub, so they build bags here with the real class and sources and load them through
-the very same code as the real weights (``musicgen.stems.StemSeparator.load``).
+the very same code as the real weights (``musicgen.engine.stems.StemSeparator.load``).
 
 ``tiny`` keeps the tests fast; ``full`` has HTDemucs' own shapes (about 42 M parameters) for benchmarks.
 """

@@ -118,3 +118,12 @@ def audio_files(tmp_path_factory) -> dict[str, Path]:
 def read(path: Path) -> tuple[np.ndarray, int]:
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     return data.T, sr
+
+
+def readme_block(marker: str) -> str:
+    """The README's fenced shell block that contains ``marker``, as written (tests run it with bash)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("bash\n")]
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"{len(found)} README shell blocks hold {marker!r}"
+    return found[0]

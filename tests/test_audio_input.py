@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SR, run
-from musicgen import MusicGenError, audio_io
+from musicgen import MusicGenError
+from musicgen.audio import audio_io
 from musicgen.inputs import MAX_DURATION
 
 FREQ = 440.0

@@ -8,9 +8,9 @@ from cog import Path
 
 from conftest import SR, _setup_predictor, read, run, tone
 from musicgen import MusicGenError
-from musicgen.engine import Engine
-from musicgen.sampling import SamplingParams
-from musicgen.loading import load
+from musicgen.engine.engine import Engine
+from musicgen.engine.sampling import SamplingParams
+from musicgen.engine.loading import load
 from test_engine import TEXT, reference_codes
 
 KINDS = ["plain", "melody", "plain-stereo", "melody-stereo"]
@@ -100,7 +100,7 @@ def _copy_checkpoint(src, dst, rename=None, extra=None):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_mapped_load_equals_transformers_from_pretrained(checkpoints, kind, caplog):
-    caplog.set_level("INFO", logger="musicgen.loading")
+    caplog.set_level("INFO", logger="musicgen.engine.loading")
     model, _ = load(checkpoints[kind], torch.device("cpu"))
     assert "mapped " in caplog.text and "with transformers" not in caplog.text  # the mapped path took it
     _assert_same_model(model, _reference_load(checkpoints[kind]))
@@ -114,7 +114,7 @@ def test_hub_style_weight_norm_names_are_mapped(checkpoints, tmp_path, caplog):
 
     with safe_open(str(legacy / "model.safetensors"), "pt") as f:
         assert any(k.endswith(".weight_g") for k in f.keys())
-    caplog.set_level("INFO", logger="musicgen.loading")
+    caplog.set_level("INFO", logger="musicgen.engine.loading")
     model, _ = load(legacy, torch.device("cpu"))
     assert "mapped " in caplog.text and "with transformers" not in caplog.text
     _assert_same_model(model, _reference_load(checkpoints["melody"]))
@@ -129,7 +129,7 @@ def test_sharded_checkpoint_is_mapped(checkpoints, tmp_path, caplog):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoints["plain"] / name, sharded / name)
     assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("*.safetensors"))) > 1
-    caplog.set_level("INFO", logger="musicgen.loading")
+    caplog.set_level("INFO", logger="musicgen.engine.loading")
     model, _ = load(sharded, torch.device("cpu"))
     assert "mapped " in caplog.text and "with transformers" not in caplog.text
     _assert_same_model(model, ref)
@@ -137,7 +137,7 @@ def test_sharded_checkpoint_is_mapped(checkpoints, tmp_path, caplog):
 
 def test_unmatched_checkpoint_falls_back_to_transformers(checkpoints, tmp_path, caplog):
     odd = _copy_checkpoint(checkpoints["plain"], tmp_path / "odd", extra={"some.unknown.tensor": torch.zeros(3)})
-    caplog.set_level("INFO", logger="musicgen.loading")
+    caplog.set_level("INFO", logger="musicgen.engine.loading")
     model, _ = load(odd, torch.device("cpu"))
     assert "loading odd with transformers" in caplog.text and "some.unknown.tensor" in caplog.text
     assert "mapped " not in caplog.text

@@ -11,7 +11,8 @@ import torch
 
 from conftest import SR, tone
 from musicgen import GenerationRequest, MusicGenError
-from musicgen import chroma, normalize, output
+from musicgen.engine import chroma
+from musicgen.audio import normalize, output
 
 
 def test_request_defaults_follow_spec():

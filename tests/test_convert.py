@@ -9,9 +9,9 @@ import torch
 
 from musicgen import MusicGenError
 from musicgen.convert import main as convert_main
-from musicgen.engine import Engine
-from musicgen.sampling import SamplingParams
-from musicgen.loading import load
+from musicgen.engine.engine import Engine
+from musicgen.engine.sampling import SamplingParams
+from musicgen.engine.loading import load
 from test_engine import TEXT
 
 

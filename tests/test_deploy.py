@@ -105,7 +105,7 @@ def _probe(kind: str, url: str, metrics_port: int | None, state: Path, extra: li
     probe = {"startup": "startupProbe", "readiness": "readinessProbe", "liveness": "livenessProbe"}.get(kind)
     command = (_container()[probe]["exec"]["command"] if probe else
                _container()["lifecycle"]["preStop"]["exec"]["command"])
-    assert command[:3] == ["python", "-m", "musicgen.health"]
+    assert command[:3] == ["python", "-m", "musicgen.serving.health"]
     env = {**os.environ, "MUSICGEN_HEALTH_URL": url, "TMPDIR": str(state)}
     if metrics_port:
         env["MUSICGEN_METRICS_PORT"] = str(metrics_port)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import SR, tone
-from musicgen.chroma import chroma
-from musicgen.engine import Engine, WindowSettings
-from musicgen.sampling import SamplingParams
-from musicgen.loading import load
+from musicgen.engine.chroma import chroma
+from musicgen.engine.engine import Engine, WindowSettings
+from musicgen.engine.sampling import SamplingParams
+from musicgen.engine.loading import load
 
 TEXT = "lofi beat with piano"
 
@@ -158,7 +158,7 @@ def test_windowed_melody_is_read_at_each_windows_time(checkpoints):
     seen = [engine.melody_chroma(melody, start, engine.window_frames).argmax(1) for start in (0, 60, 120)]
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
     # and the window's chroma is the melody's own chroma from that offset (tiled past its end)
-    from musicgen.chroma import chroma as chroma_of
+    from musicgen.engine.chroma import chroma as chroma_of
 
     offset = 60 * engine.codec.hop
     expected = chroma_of(torch.cat([melody, melody])[offset : offset + engine.window_frames * engine.codec.hop], SR)
@@ -178,7 +178,7 @@ def test_reduced_precisions_generate_valid_tokens_and_mostly_agree(loaded, preci
 
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_int8_kernels_dynamic_and_weight_only(loaded, monkeypatch, dynamic):
-    from musicgen import quant
+    from musicgen.engine import quant
 
     if dynamic and not quant.int8_dynamic_available():
         pytest.skip("this PyTorch build has no quantized engine")
@@ -196,7 +196,7 @@ def test_int8_kernels_dynamic_and_weight_only(loaded, monkeypatch, dynamic):
 
 
 def test_blockwise_int8_quantization_is_per_row_symmetric_over_the_concatenation(monkeypatch):
-    from musicgen import quant
+    from musicgen.engine import quant
 
     monkeypatch.setattr(quant, "QUANT_BLOCK", 3 * 64)  # blocks of 3 rows: parts end mid-block
     gen = torch.Generator().manual_seed(0)
@@ -258,7 +258,7 @@ def test_static_step_windows_and_compile_match_the_dynamic_step(checkpoints):
 
 
 def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatch, caplog):
-    from musicgen.service import MusicGen
+    from musicgen.serving.service import MusicGen
 
     def broken_compile(fn, **kwargs):  # what a compiler failure on some machine looks like to us
         def compiled(*args, **kw):
@@ -290,7 +290,7 @@ def test_a_compiled_step_failing_mid_request_finishes_eagerly_with_the_same_toke
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     engine = Engine(model, tokenizer, precision="fp32", compile=True, static_step=True, compile_backend=fails_later)
-    caplog.set_level("WARNING", logger="musicgen.graphs")
+    caplog.set_level("WARNING", logger="musicgen.engine.graphs")
     codes = engine.generate_codes(TEXT, 30, greedy)
     assert "the compiled decode step failed (RuntimeError: device lost)" in caplog.text
     assert not engine.backend.compiled and calls[0] == 10
@@ -351,7 +351,7 @@ def test_sequences_decode_together_each_at_its_own_position(checkpoints, kind, p
     one decoder call, the second joining three steps after the first, each at its own positions and
     reading only its own keys, get the logits each gets alone — exactly in int8 (per-row activation
     scales, integer sums), to float rounding in fp32 (whose matmuls depend on the batch size)."""
-    from musicgen.decoder import FastDecoder, Segment
+    from musicgen.engine.decoder import FastDecoder, Segment
 
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
     engine = Engine(model, tokenizer, precision="fp32")
@@ -438,7 +438,7 @@ def test_the_null_melody_prefix_is_computed_once_and_changes_nothing(checkpoints
     logits and the cache it gives computing them (each row's int8 GEMM does not depend on the others), and
     whole generations the same tokens (several windows, with and without guidance, and with a real melody,
     which computes its own). fp32, the parity reference, computes every position."""
-    from musicgen.decoder import Segment
+    from musicgen.engine.decoder import Segment
 
     model, tokenizer = load(checkpoints["melody"], torch.device("cpu"))
     windows = WindowSettings(window_s=1.0, stride_s=0.6)

@@ -9,11 +9,11 @@ import threading
 import pytest
 import torch
 
-from musicgen.engine import Engine, WindowSettings
-from musicgen.loading import load
-from musicgen.sampling import SamplingParams
-from musicgen.scheduler import Scheduler
-from musicgen.sequence import Sequence
+from musicgen.engine.engine import Engine, WindowSettings
+from musicgen.engine.loading import load
+from musicgen.engine.sampling import SamplingParams
+from musicgen.serving.scheduler import Scheduler
+from musicgen.engine.sequence import Sequence
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

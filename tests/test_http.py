@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR, tone
+from conftest import SR, readme_block, tone
 from http_helpers import ROOT, CogServer, Receiver, request
 
 
@@ -124,6 +125,28 @@ def test_sync_melody_from_data_uri(server):
     assert status == 200 and body["status"] == "succeeded", body
     wav, sr = decode_output(body["output"][0])
     assert sr == SR and abs(wav.shape[1] - 2 * SR) <= 1152
+
+
+def test_the_readmes_sync_requests_run_as_written(server, tmp_path):
+    """The README's first HTTP block, run by bash and curl against the real server: a text request, then a
+    melody from a 10 s clip, whose base64 (over the 128 KB a command-line argument may hold) goes in a body
+    file."""
+    sf.write(tmp_path / "melody.wav", tone([261.63, 392.0], 10.0), SR, subtype="PCM_16")
+    assert (tmp_path / "melody.wav").stat().st_size * 4 / 3 > 128 * 1024
+    script = readme_block("@body.json").replace("http://127.0.0.1:5000", server.url)
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    bodies, text, decoder = [], done.stdout.strip(), json.JSONDecoder()
+    while text:  # curl prints one JSON body per request, back to back
+        body, end = decoder.raw_decode(text)
+        bodies.append(body)
+        text = text[end:].lstrip()
+    assert [b["status"] for b in bodies] == ["succeeded", "succeeded"], bodies
+    for body in bodies:
+        wav, sr = decode_output(body["output"][0])
+        assert sr == SR and wav.shape == (1, 8 * SR)
+    assert "seed 42" in bodies[0]["logs"] and "melody: reading up to" in bodies[1]["logs"]
 
 
 def test_sync_continuation_from_http_url(server, receiver):

@@ -19,7 +19,7 @@ from conftest import ROOT, SR, read
 from http_helpers import CogServer
 from hub_stand_in import HubStandIn
 from musicgen import MusicGen, Settings, WeightsNotFoundError
-from musicgen.loading import load
+from musicgen.engine.loading import load
 from musicgen_dev.checkpoints import HUB_REPOS, build_random_model, write_hub_layout
 
 REPOS = sorted(HUB_REPOS)

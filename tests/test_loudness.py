@@ -12,8 +12,8 @@ from pyloudnorm.iirfilter import IIRfilter
 from scipy.signal import freqz
 
 from conftest import SR, tone
-from musicgen import normalize
-from musicgen.loudness import integrated_loudness, k_weighted
+from musicgen.audio import normalize
+from musicgen.audio.loudness import integrated_loudness, k_weighted
 
 
 def pyloudnorm_lufs(wav: np.ndarray, clamp: bool = False) -> float:

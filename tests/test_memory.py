@@ -1,6 +1,6 @@
-"""The GPU memory plan (musicgen.memory): sizes from the real checkpoints' shapes, the slots a card holds, the
-sentence when none fits, the plan's sizes against what the scheduler really allocates, the README's table,
-and the bound on request-side work (musicgen.gpu_work)."""
+"""The GPU memory plan (musicgen.serving.memory): sizes from the real checkpoints' shapes, the slots a card holds, the
+sentence when none fits, the plan's sizes against what the scheduler really allocates, the table of docs/deployment.md,
+and the bound on request-side work (musicgen.serving.gpu_work)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from musicgen import GenerationRequest, MusicGen, MusicGenError, memory
-from musicgen.gpu_work import RequestWork
+from musicgen import GenerationRequest, MusicGen, MusicGenError
+from musicgen.serving import memory
+from musicgen.serving.gpu_work import RequestWork
 from musicgen_dev import gpu_memory
 
 T4 = gpu_memory.CARDS["T4 16 GB"]
@@ -83,8 +84,8 @@ def test_the_slot_size_is_what_the_scheduler_allocates(checkpoints):
         model.release_outputs()
 
 
-def test_the_readme_table_is_the_one_the_plan_gives():
-    assert gpu_memory.table() in (ROOT / "README.md").read_text()
+def test_the_documented_table_is_the_one_the_plan_gives():
+    assert gpu_memory.table() in (ROOT / "docs" / "deployment.md").read_text()
 
 
 def test_request_side_work_is_bounded_by_the_plan():
@@ -107,7 +108,7 @@ def test_the_plan_is_exported_as_metrics(real_rows):
     from http_helpers import free_port
     import urllib.request
 
-    from musicgen import metrics
+    from musicgen.serving import metrics
 
     row = real_rows["facebook/musicgen-melody"]
     plan = memory.plan(weights=row.weights, free=int(T4) - gpu_memory.CONTEXT_BYTES, total=int(T4), cap=8,

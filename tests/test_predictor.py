@@ -13,7 +13,7 @@ from cog import Path
 
 from conftest import SR, read, run, tone
 from musicgen import GenerationRequest, MusicGenError
-from musicgen.normalize import loudness_lufs
+from musicgen.audio.normalize import loudness_lufs
 
 def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -313,7 +313,7 @@ def test_no_output_file_is_left_by_a_failed_prediction(plain_predictor, audio_fi
 def test_long_outputs_over_several_windows_are_exact(melody_predictor, audio_files, caplog, duration, windows, mode):
     # continuation: the 1 s prompt is the first window's whole context (1 s new), then 1.2 s each, up to
     # `duration` in all: as many windows as text alone
-    from musicgen.engine import WindowSettings
+    from musicgen.engine.engine import WindowSettings
 
     engine = melody_predictor.musicgen.engine
     saved = engine.windows
@@ -339,7 +339,7 @@ def test_outputs_are_removed_when_the_service_goes_away_or_the_process_exits(che
     import weakref
 
     from musicgen.request import GenerationRequest
-    from musicgen.service import MusicGen
+    from musicgen.serving.service import MusicGen
 
     service = MusicGen.load(checkpoints["plain"], device="cpu")
     [path] = service.predict(GenerationRequest(duration=1, seed=1)).paths
@@ -348,7 +348,7 @@ def test_outputs_are_removed_when_the_service_goes_away_or_the_process_exits(che
     gc.collect()
     assert alive() is None and not path.parent.exists()  # nothing keeps a dropped model (and its memory)
 
-    script = (f"from musicgen.service import MusicGen\nfrom musicgen.request import GenerationRequest\n"
+    script = (f"from musicgen.serving.service import MusicGen\nfrom musicgen.request import GenerationRequest\n"
               f"s = MusicGen.load({str(checkpoints['plain'])!r}, device='cpu')\n"
               f"print(s.predict(GenerationRequest(duration=1, seed=2)).paths[0])\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

@@ -9,6 +9,7 @@ import inspect
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tokenize
@@ -19,7 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import DATA, ROOT, SR, read, tone
+from conftest import DATA, ROOT, SR, read, readme_block, tone
 from musicgen import MusicGenError, WeightsNotFoundError
 from musicgen.inputs import INPUTS, SPECS
 
@@ -179,7 +180,7 @@ def test_cli_generates_a_file_with_progress(checkpoints, tmp_path):
                 str(checkpoints["plain"]), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out)
-    assert "generating [" in proc.stderr and "seed 9" in proc.stderr
+    assert "generating: 100%" in proc.stderr and "seed 9" in proc.stderr  # tqdm's bar, ended
     wav, sr = read(out)
     assert sr == SR and abs(wav.shape[1] - 2 * SR) <= 1152
 
@@ -190,6 +191,60 @@ def test_cli_writes_into_a_directory(checkpoints, tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = list((tmp_path / "outs").iterdir())
     assert len(files) == 1 and files[0].suffix == ".wav" and files[0].name.startswith("musicgen-1-")
+
+
+def test_the_readmes_cli_commands_run_as_written(checkpoints, tmp_path):
+    """The README's two `musicgen` lines, run by bash: a positional prompt, then the continuation of its
+    output; each prints the file it wrote, and the internal file name appears nowhere."""
+    script = readme_block("--continuation-start").replace(".venv/bin/musicgen", str(Path(sys.executable).parent / "musicgen"))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "MUSICGEN_WEIGHTS": str(checkpoints["plain"])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["outputs/ambient.mp3", "outputs/more.wav"]
+    assert "musicgen-7-" not in done.stderr and "seed 7" in done.stderr
+    assert done.stderr.count("generating:   0%") == 2 and "generating: 100%" in done.stderr
+    wav, sr = read(tmp_path / "outputs" / "ambient.mp3")
+    assert sr == SR and abs(wav.shape[1] - 8 * SR) <= 1152
+    assert sf.info(str(tmp_path / "outputs" / "more.wav")).frames == 10 * SR
+
+
+def test_the_readmes_library_example_runs_as_written(checkpoints, tmp_path):
+    """The README's Python block, with the tiny checkpoint's path for weights/musicgen-melody."""
+    text = (ROOT / "README.md").read_text()
+    [code] = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python\n")]
+    code = code.replace('"weights/musicgen-melody"', repr(str(checkpoints["melody"])))
+    code += "print(result.paths[0].stat().st_size, result.seed, sorted(result.timings))\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    size, seed, timings = done.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert int(size) > 8 * SR * 2 and seed == "1" and timings == "['audio_in', 'generate', 'output', 'total']"
+
+
+def test_cli_takes_the_prompt_once():
+    from musicgen.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["lofi beat", "--prompt", "jazz"])
+    assert exit_.value.code == 2
+
+
+def test_cli_help_shows_the_defaults():
+    from musicgen.cli import build_batch_parser, build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "(default: 8)" in text and "(default: 250)" in text and "(default: loudness)" in text
+    assert "(default: None)" not in text
+    assert "(default: None)" not in " ".join(build_batch_parser().format_help().split())
+
+
+def test_batch_ray_flag_cannot_take_the_requests_file():
+    from musicgen.cli import build_batch_parser
+
+    parser = build_batch_parser()
+    args = parser.parse_args(["--ray", "jobs.jsonl", "-o", "out"])
+    assert (args.requests, args.ray, args.ray_address) == (Path("jobs.jsonl"), True, None)
+    args = parser.parse_args(["jobs.jsonl", "-o", "out", "--ray-address", "ray://head:10001"])
+    assert (args.requests, args.ray, args.ray_address) == (Path("jobs.jsonl"), False, "ray://head:10001")
 
 
 def test_cli_flags_are_the_inputs_with_their_defaults():
@@ -342,3 +397,40 @@ def test_openapi_input_schema_accepts_null_and_integral_numbers_as_json_schema()
     for bad in ({"duration": 2.5}, {"duration": None}, {"seed": -2}, {"seed": "1"}, {"top_p": 1.5},
                 {"normalization_strategy": "loud"}, {"input_audio": 5}):
         assert list(validator.iter_errors(bad)), bad
+
+
+# ---------------------------------------------------------------- the package's layers
+def _imports(path: Path) -> set[str]:
+    """The musicgen modules a source file imports (``from musicgen.x import y``: musicgen.x.y when that is a
+    module, else musicgen.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "musicgen"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "musicgen":
+            assert node.level == 0, f"{path}: a relative import"
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                as_path = ROOT / Path(*name.split("."))
+                found.add(name if as_path.with_suffix(".py").is_file() or as_path.is_dir() else node.module)
+    return found
+
+
+def test_the_packages_import_only_downward():
+    """musicgen.audio < musicgen.engine < musicgen.serving; the contract and configuration modules on top
+    (errors, inputs, request, settings, hub, manifest, convert) sit over audio and engine but under serving;
+    nothing but the entry points imports the command (cli, __main__) or the package's lazy root."""
+    below = {"musicgen.audio": {"musicgen.engine", "musicgen.serving"}, "musicgen.engine": {"musicgen.serving"}}
+    entry = {"musicgen", "musicgen.cli", "musicgen.__main__"}
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in (ROOT / "musicgen").rglob("*.py")}
+    assert {"musicgen.audio.audio_io", "musicgen.engine.graphs", "musicgen.serving.scheduler"} <= set(modules)
+    offenders = []
+    for name, path in modules.items():
+        if name in entry or name.endswith(".__init__") and name.count(".") == 1:
+            continue
+        package = ".".join(name.split(".")[:2]) if name.count(".") > 1 else None
+        forbidden = below.get(package, set()) if package else {"musicgen.serving"}
+        for target in _imports(path):
+            if target in entry or any(target == f or target.startswith(f + ".") for f in forbidden):
+                offenders.append(f"{name} -> {target}")
+    assert offenders == []

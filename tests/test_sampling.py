@@ -9,8 +9,8 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from musicgen.sampling import SamplingParams, apply_cfg, probabilities, sample_next, top_k_filter, top_p_filter
-from musicgen.sampling import draw as race
+from musicgen.engine.sampling import SamplingParams, apply_cfg, probabilities, sample_next, top_k_filter, top_p_filter
+from musicgen.engine.sampling import draw as race
 
 DRAWS = 4000
 

@@ -11,10 +11,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tone
-from musicgen.engine import Engine, WindowSettings
-from musicgen.loading import load
-from musicgen.sampling import SamplingParams
-from musicgen.scheduler import Cancelled, Scheduler
+from musicgen.engine.engine import Engine, WindowSettings
+from musicgen.engine.loading import load
+from musicgen.engine.sampling import SamplingParams
+from musicgen.serving.scheduler import Cancelled, Scheduler
 
 
 def _requests(engine):
@@ -30,7 +30,7 @@ def _requests(engine):
 
 def _sequence(engine, request):
     text, seconds, params, seed, melody, prompt = request
-    from musicgen.sequence import Sequence
+    from musicgen.engine.sequence import Sequence
 
     melody_source = engine.melody_source(melody) if melody is not None else None
     return Sequence(engine, engine.conditioner.encode_text(text), seconds * engine.frame_rate, params,
@@ -133,13 +133,15 @@ def test_the_compiled_fixed_step_serves_every_request_shape_without_compiling_ag
     lengths, windows, texts, guidance, melody and prompts, joining at different times, compile nothing
     more, run only recorded shapes, and decode the eager fixed step's tokens. (A text past its bucket, or a
     melody prefix past the cache, grows the buffers and records every shape again: a setup event.)"""
+    torch._dynamo.reset()  # count this test's compilations only: earlier tests' compiled frames and
+    # recompile counts live in the same process (past the recompile limit dynamo would run eagerly, silently)
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
     windows = WindowSettings(window_s=1.0, stride_s=0.6)
     backend, compiled = _counting_backend()
     engine = Engine(model, tokenizer, windows, precision="fp32", static_step=True, compile=True,
                     compile_backend=backend)
     eager = Engine(model, tokenizer, windows, precision="fp32", static_step=True)
-    caplog.set_level("WARNING", logger="musicgen.graphs")
+    caplog.set_level("WARNING", logger="musicgen.engine.graphs")
     scheduler, reference = Scheduler(engine, 4), Scheduler(eager, 4)
     try:
         at_setup = len(compiled)  # one graph; specialized at most on whether a read covers the whole cache
@@ -196,12 +198,14 @@ def test_the_shared_step_failing_for_lack_of_memory_decodes_each_request_alone(c
         requests = _requests(engine)
         alone = [scheduler.run(_sequence(engine, r)) for r in requests]
         decoder.step = limited
-        caplog.set_level("WARNING", logger="musicgen.scheduler")
+        caplog.set_level("WARNING", logger="musicgen.serving.scheduler")
         jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
         assert all(torch.equal(job.wait(), a) for job, a in zip(jobs, alone))
         assert "the shared decode step of 4 request(s) failed (OutOfMemoryError" in caplog.text
         poisoned.append(2)  # the request in slot 1: its own step fails too
-        jobs = [scheduler.submit(_sequence(engine, r)) for r in requests]
+        sequences = [_sequence(engine, r) for r in requests]
+        with scheduler.wake:  # all four queued before the loop admits any: request i takes slot i (else the
+            jobs = [scheduler.submit(s) for s in sequences]  # failed one's slot could go to a later request)
         with pytest.raises(torch.OutOfMemoryError):
             jobs[1].wait()
         assert all(torch.equal(jobs[i].wait(), alone[i]) for i in (0, 2, 3))

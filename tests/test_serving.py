@@ -98,7 +98,7 @@ def test_cuda_without_a_gpu_fails_the_cog_servers_setup_with_the_sentence(checkp
 
 
 def test_each_windows_melody_chroma_is_computed_in_the_requests_thread(melody_predictor, audio_files, monkeypatch):
-    from musicgen.engine import WindowSettings
+    from musicgen.engine.engine import WindowSettings
 
     engine = melody_predictor.musicgen.engine
     monkeypatch.setattr(engine, "windows", WindowSettings(window_s=2.0, stride_s=1.2))  # 3 s: two windows

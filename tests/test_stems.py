@@ -19,12 +19,12 @@ from cog import Path
 
 from conftest import SR, read, tone
 from musicgen import GenerationRequest, MusicGenError, WeightsNotFoundError
-from musicgen.chroma import chroma
-from musicgen.engine import Engine, WindowSettings
-from musicgen.loading import load
-from musicgen.service import MusicGen
+from musicgen.engine.chroma import chroma
+from musicgen.engine.engine import Engine, WindowSettings
+from musicgen.engine.loading import load
+from musicgen.serving.service import MusicGen
 from musicgen.settings import Settings
-from musicgen.stems import MELODY_STEMS, StemSeparator
+from musicgen.engine.stems import MELODY_STEMS, StemSeparator
 
 
 def mix_file(path, sr: int, channels: int, seconds: float = 4.0) -> Path:
@@ -98,7 +98,7 @@ def test_same_seed_same_bytes_and_a_melody_sent_again_is_not_separated_again(mel
     path = mix_file(tmp_path / "again.wav", 48000, 1, seconds=3.0)
     separator = melody_service.engine.separator
     before = separator.separations
-    caplog.set_level(logging.INFO, logger="musicgen.stems")
+    caplog.set_level(logging.INFO, logger="musicgen.engine.stems")
     first = melody_service.predict(GenerationRequest(input_audio=path, duration=1, seed=5)).paths[0]
     first_bytes = first.read_bytes()
     assert separator.separations == before + 1 and "melody stems: separating 3.0 s" in caplog.text
@@ -112,7 +112,7 @@ def test_same_seed_same_bytes_and_a_melody_sent_again_is_not_separated_again(mel
 
 
 def test_the_cache_is_bounded(monkeypatch, stems_weights):
-    from musicgen import stems as stems_module
+    from musicgen.engine import stems as stems_module
 
     monkeypatch.setattr(stems_module, "CACHE_BYTES", 2 * SR * 4)  # room for two seconds of melody
     separator = StemSeparator.load(stems_weights, torch.device("cpu"))
@@ -130,7 +130,7 @@ def test_opting_out_takes_the_raw_mix_and_says_so_on_every_melody_request(checkp
     service = MusicGen.load(checkpoints["melody"], settings=Settings.from_env(device="cpu", melody_stems=False))
     assert service.engine.separator is None
     path = mix_file(tmp_path / "raw.wav", 44100, 1)
-    caplog.set_level(logging.INFO, logger="musicgen.service")
+    caplog.set_level(logging.INFO, logger="musicgen.serving.service")
     for seed in (1, 2):
         caplog.clear()
         [used], _ = chromas_of(service, input_audio=path, duration=1, seed=seed)
@@ -169,7 +169,8 @@ def test_damaged_separation_weights_fail_melody_requests_not_setup(checkpoints, 
 
 
 def test_separation_weights_settings_and_hub_layout(stems_weights):
-    from musicgen import hub, stems
+    from musicgen import hub
+    from musicgen.engine import stems
 
     assert Settings.from_env({}).stems_dir.name == "htdemucs" and Settings.from_env({}).melody_stems
     assert Settings.from_env({"MUSICGEN_MELODY_STEMS": "0"}).melody_stems is False
@@ -196,7 +197,7 @@ def test_separation_weights_download_through_the_hub_client(stems_weights, tmp_p
 
 
 def test_demucs_imports_without_its_audio_file_extras():
-    code = ("import sys, musicgen.stems, demucs.apply, demucs.hf, demucs.htdemucs\n"
+    code = ("import sys, musicgen.engine.stems, demucs.apply, demucs.hf, demucs.htdemucs\n"
             "print(sorted(m for m in ('lameenc', 'sphn', 'torchaudio') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-1000:]
@@ -216,7 +217,7 @@ def test_a_continuation_prompt_shorter_than_a_window_is_the_first_windows_whole_
 
 
 def engine_params():
-    from musicgen.sampling import SamplingParams
+    from musicgen.engine.sampling import SamplingParams
 
     return SamplingParams(top_k=50)
 
@@ -242,7 +243,7 @@ def test_the_service_reads_the_melody_span_the_windows_need(checkpoints, tmp_pat
     service = MusicGen.load(checkpoints["melody"], device="cpu", windows=WindowSettings(window_s=2.0, stride_s=1.2))
     path = tmp_path / "long.wav"
     sf.write(path, tone([262.0, 330.0, 392.0, 494.0, 587.0, 698.0, 784.0, 880.0], 4.0), SR)
-    caplog.set_level(logging.INFO, logger="musicgen.service")
+    caplog.set_level(logging.INFO, logger="musicgen.serving.service")
     events = []
     service.predict(GenerationRequest(input_audio=Path(path), duration=3, seed=1), on_window=events.append)
     assert "melody: reading up to 3.20 s of input_audio" in caplog.text
@@ -253,7 +254,7 @@ def test_the_service_reads_the_melody_span_the_windows_need(checkpoints, tmp_pat
 
 @pytest.mark.parametrize("strategy", ["peak", "rms"])
 def test_peak_and_rms_normalize_quiet_audio_below_the_loudness_floor(strategy):
-    from musicgen import normalize
+    from musicgen.audio import normalize
 
     quiet = tone([440.0], 2.0, amp=1e-3)[None]  # RMS 7e-4, under loudness' 2e-3 floor
     out = normalize.normalize(quiet, SR, strategy)

@@ -3,11 +3,11 @@
 A GPU process holds the weights (measured once loaded), one KV cache slot per request decoded at once, and
 room for the work around the decode loop: the prefill of a window (one at a time, in the decode loop) and the
 request-side work (text encoder, EnCodec chunks, Demucs segments), of which at most ``request_workers`` run
-at once (``musicgen.gpu_work``). ``plan`` turns those sizes and the card's free memory into slots; it is pure,
-so the README's table (``python -m musicgen_dev.gpu_memory``) and a server's setup compute the same numbers.
+at once (``musicgen.serving.gpu_work``). ``plan`` turns those sizes and the card's free memory into slots; it is pure,
+so the table of docs/deployment.md (``python -m musicgen_dev.gpu_memory``) and a server's setup compute the same numbers.
 
 Request-side peaks were measured with the real layouts (``bench/request_memory.py``, CPU peak resident
-memory; see README) and are rounded up here, because the GPU's caching allocator and cuDNN's workspaces add
+memory; see docs/deployment.md) and are rounded up here, because the GPU's caching allocator and cuDNN's workspaces add
 to them.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import MusicGenError
-from .graphs import LENGTH_BUCKET as CACHE_BUCKET, ROWS_PER_SLOT
+from musicgen.errors import MusicGenError
+from musicgen.engine.graphs import LENGTH_BUCKET as CACHE_BUCKET, ROWS_PER_SLOT
 
 GB = 1e9
 # peak working memory of one piece of request-side work, float32 (bench/request_memory.py, rounded up)
@@ -25,7 +25,7 @@ ENCODEC_BYTES_PER_SAMPLE = 1500  # per output sample of a chunk (decode) or inpu
 # melody, which it keeps on the device (four stereo stems: 0.4 GB for 300 s)
 DEMUCS_SEGMENT_BYTES = int(1.5 * GB)
 T5_BYTES = int(0.1 * GB)  # T5-base over 512 tokens
-CODEC_CONTEXT_FRAMES = 50  # musicgen.codec's overlap on each side of a chunk
+CODEC_CONTEXT_FRAMES = 50  # musicgen.engine.codec's overlap on each side of a chunk
 RESERVE_FRACTION = 0.05  # of the card: the caching allocator's fragmentation, cuBLAS/cuDNN workspaces
 REQUEST_WORKERS = 2  # request-side work at once, when the card has room for two
 
@@ -144,5 +144,5 @@ def does_not_fit(checkpoint: str, card: str, free: int, total: int, why: str) ->
     return MusicGenError(
         f"{checkpoint} does not fit on this GPU ({card}: {free / GB:.1f} GB free of {total / GB:.1f} GB): {why}; "
         "use a card with more memory, free the card of other processes, or set MUSICGEN_MODEL to a smaller "
-        "checkpoint (README, \"GPU memory\")."
+        "checkpoint (docs/deployment.md, \"GPU memory\")."
     )

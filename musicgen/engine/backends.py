@@ -1,4 +1,4 @@
-"""The decoders the engine can drive, behind one interface: ``musicgen.decoder``'s fast decoder (default) and
+"""The decoders the engine can drive, behind one interface: ``musicgen.engine.decoder``'s fast decoder (default) and
 transformers' own modules (the parity reference)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Protocol
 
 import torch
 
-from .conditioning import Conditioning
-from .decoder import FastDecoder, Segment
-from .graphs import GraphStep, warn_fallback
+from musicgen.engine.conditioning import Conditioning
+from musicgen.engine.decoder import FastDecoder, Segment
+from musicgen.engine.graphs import GraphStep, warn_fallback
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ class ReferenceBackend:
 
 
 class FastBackend:
-    """The lean decoder of ``musicgen.decoder``; positions are tracked here, on the host (the extent of the
+    """The lean decoder of ``musicgen.engine.decoder``; positions are tracked here, on the host (the extent of the
     cache to read) and as a device tensor (the step's input, updated in place).
 
-    With ``static`` (default: on CUDA) the step is the fixed-shape one of ``musicgen.graphs`` (one slot:
+    With ``static`` (default: on CUDA) the step is the fixed-shape one of ``musicgen.engine.graphs`` (one slot:
     CUDA graphs on CUDA), the form the scheduler decodes every request in; else the segments' step, which
     reads only the filled part of the cache (cheapest on a CPU)."""
 

@@ -8,7 +8,7 @@ so the predictor serves, on its own port (``GET /metrics``, Prometheus' text for
 - ``musicgen_requests_total{outcome}`` — finished predictions: ``succeeded``, ``failed`` (a bad input or an
   error), ``canceled``;
 - ``musicgen_audio_seconds_total`` — seconds of music generated;
-- on a GPU, the memory plan the slots come from (``musicgen.memory``): ``musicgen_memory_bytes{part}``
+- on a GPU, the memory plan the slots come from (``musicgen.serving.memory``): ``musicgen_memory_bytes{part}``
   (``free`` to this process, weights included; ``weights``, ``kv_cache``, ``headroom``) and
   ``musicgen_request_workers`` (request-side works at once).
 
@@ -44,7 +44,7 @@ _lock = threading.Lock()
 @contextlib.contextmanager
 def track():
     """Count one prediction while it runs; the caller reports its audio with :func:`generated`."""
-    from .scheduler import Cancelled
+    from musicgen.serving.scheduler import Cancelled
 
     IN_FLIGHT.inc()
     outcome = "failed"
@@ -65,7 +65,7 @@ def generated(seconds: float) -> None:
 
 def serve(port: int, slots: int, plan=None, host: str = "0.0.0.0") -> None:
     """Serve /metrics on ``port`` (once per process; a second call for the same port does nothing), with the
-    slots and, on a GPU, the memory ``plan`` (``musicgen.memory.MemoryPlan``) they come from."""
+    slots and, on a GPU, the memory ``plan`` (``musicgen.serving.memory.MemoryPlan``) they come from."""
     SLOTS.set(slots)
     if plan is not None:
         for part in ("free", "weights", "kv_cache", "headroom"):

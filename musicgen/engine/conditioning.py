@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import MusicGenError
-from .quant import one_thread
+from musicgen.errors import MusicGenError
+from musicgen.engine.quant import one_thread
 
 # SentencePiece pieces are at most 16 characters long, so a prompt this many times longer than the token
 # limit is certainly over it: refused without tokenizing it

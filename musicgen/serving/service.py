@@ -16,17 +16,20 @@ from pathlib import Path
 
 import torch
 
-from . import audio_io, hub, loading, memory, metrics, normalize, output
-from .engine import Engine, Progress, WindowEvent, WindowSettings
-from .errors import MusicGenError, WeightsNotFoundError
-from .gpu_work import RequestWork
-from .quant import one_thread
-from .request import GenerationRequest
-from .retention import OutputRetention
-from .sampling import SamplingParams
-from .scheduler import Scheduler
-from .settings import Settings
-from .stems import StemSeparator
+from musicgen.audio import audio_io, normalize, output
+from musicgen import hub
+from musicgen.engine import loading
+from musicgen.serving import memory, metrics
+from musicgen.engine.engine import Engine, Progress, WindowEvent, WindowSettings
+from musicgen.errors import MusicGenError, WeightsNotFoundError
+from musicgen.serving.gpu_work import RequestWork
+from musicgen.engine.quant import one_thread
+from musicgen.request import GenerationRequest
+from musicgen.serving.retention import OutputRetention
+from musicgen.engine.sampling import SamplingParams
+from musicgen.serving.scheduler import Scheduler
+from musicgen.settings import Settings
+from musicgen.engine.stems import StemSeparator
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class MusicGen:
         request fails with), when stem separation is wanted and its weights could not be had. ``slots``:
         how many requests decode at once (``predict`` may be called from any number of threads; the others
         wait for a slot). ``concurrency``: how many predictions the server runs at once (Cog's
-        COG_MAX_CONCURRENCY), which sets how long returned files are kept (``musicgen.retention``).
+        COG_MAX_CONCURRENCY), which sets how long returned files are kept (``musicgen.serving.retention``).
         ``memory_plan``: on a GPU, the plan the slots come from; it also bounds the request-side work."""
         self.engine = engine
         self.name = name
@@ -185,11 +188,11 @@ class MusicGen:
         """Generate the request's music and write it. ``progress`` gets (steps done, steps in total);
         ``on_window`` each generated window (its tokens and the melody chroma it was conditioned on);
         setting ``cancel`` stops the request (``Cancelled``) and frees its place at once. Several threads may
-        predict at once: their requests are decoded together (``musicgen.scheduler``), each giving the bytes
+        predict at once: their requests are decoded together (``musicgen.serving.scheduler``), each giving the bytes
         it gives alone.
 
         Without ``output_dir`` each call writes into a fresh temporary directory, removed once enough later
-        predictions have returned and some time has passed (``musicgen.retention``; pass ``output_dir`` to
+        predictions have returned and some time has passed (``musicgen.serving.retention``; pass ``output_dir`` to
         keep the files)."""
         # A request's own torch work (text encoder, codec, separation) runs single-threaded, in its caller's
         # thread: the decode loop's thread is then the only one with an OpenMP thread team (a second team in
@@ -202,7 +205,7 @@ class MusicGen:
         return result
 
     def serve_metrics(self, settings: Settings | None = None) -> None:
-        """Serve Prometheus metrics (:mod:`musicgen.metrics`) when MUSICGEN_METRICS_PORT is set."""
+        """Serve Prometheus metrics (:mod:`musicgen.serving.metrics`) when MUSICGEN_METRICS_PORT is set."""
         port = (settings or Settings.from_env()).metrics_port
         if port:
             metrics.serve(port, self.scheduler.slots, self.memory_plan)
@@ -247,7 +250,7 @@ class MusicGen:
         done = time.monotonic()
         timings = {"audio_in": read - started, "generate": generated - read, "output": done - generated,
                    "total": done - started}
-        log.info("wrote %s (%.2f s of audio): generation %.1f s, total %.1f s", path.name,
+        log.info("generated %.2f s of audio: generation %.1f s, total %.1f s",
                  wav.shape[-1] / eng.sample_rate, timings["generate"], timings["total"])
         return PredictionResult([path], seed, timings)
 
@@ -262,7 +265,7 @@ def _card(device: torch.device) -> str:
 
 def _memory_plan(engine: Engine, checkpoint: str, settings: Settings, device: torch.device, free: int, total: int,
                  stems: bool) -> memory.MemoryPlan:
-    """Slots for the card's free memory once the weights are in (``musicgen.memory``): what is free now (after
+    """Slots for the card's free memory once the weights are in (``musicgen.serving.memory``): what is free now (after
     returning the loading's cached blocks, and whatever other processes hold) plus the weights, at most what
     was free before loading."""
     shapes = memory.ModelShapes.of(engine.model.config, engine.window_frames)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .inputs import DEFAULTS
+from musicgen.inputs import DEFAULTS
 
 _F32 = torch.finfo(torch.float32)
 

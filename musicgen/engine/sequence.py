@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .conditioning import Conditioning, TextStates
-from .quant import one_thread
-from .sampling import SamplingParams, apply_cfg, sample_next
+from musicgen.engine.conditioning import Conditioning, TextStates
+from musicgen.engine.quant import one_thread
+from musicgen.engine.sampling import SamplingParams, apply_cfg, sample_next
 
 
 class Cancelled(Exception):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .audio_io import convert_channels, resample
+from musicgen.audio.audio_io import convert_channels, resample
 
 log = logging.getLogger(__name__)
 

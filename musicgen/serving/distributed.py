@@ -1,5 +1,5 @@
-"""A batch job over a Ray cluster (``musicgen batch --ray [ADDRESS]``): the single-process batch
-(:mod:`musicgen.batch`) with one long-lived worker per device slot.
+"""A batch job over a Ray cluster (``musicgen batch --ray``, ``--ray-address ADDRESS``): the single-process batch
+(:mod:`musicgen.serving.batch`) with one long-lived worker per device slot.
 
 Each worker is a Ray actor holding a loaded model and its scheduler (one per GPU; on CPU, one per
 ``cpus_per_actor`` cores), taking as many requests at once as its scheduler decodes together. The driver
@@ -28,10 +28,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio_io import MAX_UPLOAD_BYTES
-from .batch import BatchItem, ProgressBar, Summary, generate, output_name, plan, read_requests
-from .errors import MusicGenError
-from .store import OutputStore
+from musicgen.audio.audio_io import MAX_UPLOAD_BYTES
+from musicgen.serving import progress
+from musicgen.serving.batch import BatchItem, Summary, generate, output_name, plan, read_requests
+from musicgen.errors import MusicGenError
+from musicgen.serving.store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Worker:
 
         if threads:
             torch.set_num_threads(threads)
-        from .service import MusicGen
+        from musicgen.serving.service import MusicGen
 
         self.model = MusicGen.load(weights, device=device, precision=precision, concurrency=concurrency)
         self.scratch = Path(tempfile.mkdtemp(prefix="musicgen-worker-"))
@@ -176,7 +177,7 @@ class RayBatch:
             threads = per
         import torch
 
-        from .settings import Settings
+        from musicgen.settings import Settings
 
         options["threads"] = threads
         options["slots"] = Settings.from_env(device=device, concurrency=self.concurrency).slots(torch.device(device))
@@ -255,38 +256,41 @@ class RayBatch:
     def _loop(self, pending: deque, store: OutputStore, scratch: Path, device: str, options: dict) -> None:
         ray = self._ray
         summary = self.summary
-        bar = ProgressBar(len(pending))
+        bar = progress.bar(len(pending), "batch", "request")
         inflight: dict = {}  # ObjectRef -> (job, slot, generation)
-        while pending or inflight:
-            for slot in self._slots:
-                while not slot.dead and slot.load < slot.capacity and pending:
-                    job = self._pick(pending, slot)
-                    if job is None:
-                        break
-                    inputs, audio = _audio_payload(job.item.inputs)
-                    job.started = time.monotonic()
-                    inflight[slot.actor.generate.remote(inputs, audio)] = (job, slot, slot.generation)
-                    slot.load += 1
-            if not inflight:
-                raise MusicGenError(f"every Ray worker failed; {len(pending)} request(s) were not generated "
-                                    "(run the same command again to generate them).")
-            self._note_ready_workers()
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for ref in done:
-                job, slot, generation = inflight.pop(ref)
-                if slot.generation == generation:
-                    slot.load -= 1
-                try:
-                    reply = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    self._worker_failed(slot, generation, exc, device, options)
-                    self._retry(job, slot, _reason(exc), pending, store, bar)
-                    continue
-                except ray.exceptions.RayError as exc:  # the worker lives, the request raised (e.g. GPU OOM)
-                    self._retry(job, slot, _reason(exc), pending, store, bar)
-                    continue
-                self._finish(job, reply, store, scratch)
-                bar.advance()
+        try:
+            while pending or inflight:
+                for slot in self._slots:
+                    while not slot.dead and slot.load < slot.capacity and pending:
+                        job = self._pick(pending, slot)
+                        if job is None:
+                            break
+                        inputs, audio = _audio_payload(job.item.inputs)
+                        job.started = time.monotonic()
+                        inflight[slot.actor.generate.remote(inputs, audio)] = (job, slot, slot.generation)
+                        slot.load += 1
+                if not inflight:
+                    raise MusicGenError(f"every Ray worker failed; {len(pending)} request(s) were not generated "
+                                        "(run the same command again to generate them).")
+                self._note_ready_workers()
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in done:
+                    job, slot, generation = inflight.pop(ref)
+                    if slot.generation == generation:
+                        slot.load -= 1
+                    try:
+                        reply = ray.get(ref)
+                    except ray.exceptions.RayActorError as exc:
+                        self._worker_failed(slot, generation, exc, device, options)
+                        self._retry(job, slot, _reason(exc), pending, store, bar)
+                        continue
+                    except ray.exceptions.RayError as exc:  # the worker lives, the request raised (e.g. GPU OOM)
+                        self._retry(job, slot, _reason(exc), pending, store, bar)
+                        continue
+                    self._finish(job, reply, store, scratch)
+                    bar.update()
+        finally:
+            bar.close()
 
     def _note_ready_workers(self) -> None:
         ray = self._ray
@@ -322,14 +326,14 @@ class RayBatch:
         self._start(slot, device, options)
 
     def _retry(self, job: _Job, slot: _Slot, reason: str, pending: deque, store: OutputStore,
-               bar: ProgressBar) -> None:
+               bar: progress.tqdm) -> None:
         job.attempts += 1
         job.failed_on.add(slot.index)
         if job.attempts >= self.max_attempts:
             store.record({"name": job.item.name, "line": job.item.line,
                           "error": f"gave up after {job.attempts} attempts; the last one failed with: {reason}"})
             self.summary.failed += 1
-            bar.advance()
+            bar.update()
             return
         self.summary.retried += 1
         pending.appendleft(job)

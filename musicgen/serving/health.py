@@ -1,4 +1,4 @@
-"""Kubernetes probes for the Cog server (``python -m musicgen.health startup|readiness|liveness|drain``).
+"""Kubernetes probes for the Cog server (``python -m musicgen.serving.health startup|readiness|liveness|drain``).
 
 Cog's ``GET /health-check`` answers 200 in every state, with the state in its JSON body, so an HTTP probe
 cannot tell them apart; these exec probes read the body:
@@ -74,7 +74,7 @@ def liveness(status: str, state_dir: Path, max_busy: float, now: float | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m musicgen.health", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m musicgen.serving.health", description=__doc__.splitlines()[0])
     p.add_argument("probe", choices=["startup", "readiness", "liveness", "drain"])
     p.add_argument("--url", default=os.environ.get("MUSICGEN_HEALTH_URL", "http://127.0.0.1:5000"))
     p.add_argument("--max-busy", type=float, default=1800.0,

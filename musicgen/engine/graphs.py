@@ -31,8 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.fx.experimental._config as shape_config
 
-from .decoder import FastDecoder, Segment
-from .kv_cache import CrossKV, KVCache
+from musicgen.engine.decoder import FastDecoder, Segment
+from musicgen.engine.kv_cache import CrossKV, KVCache
 
 log = logging.getLogger(__name__)
 

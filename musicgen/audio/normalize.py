@@ -2,7 +2,7 @@
 
 peak: scale the peak to -1 dBFS. clip: clamp to +-10^(-1/20). rms: scale the mono mix's RMS to -18 dBFS, then
 clamp to +-1. loudness: scale to -14 LUFS integrated (ITU-R BS.1770-4, measured as audiocraft measures it:
-:mod:`musicgen.loudness`), then clamp to +-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left
+:mod:`musicgen.audio.loudness`), then clamp to +-1; near-silent audio (RMS < 2e-3, audiocraft's energy floor) is left
 as it is. peak and rms scale any signal that is not silence; silence is left as it is, so it never turns into
 NaN.
 """
@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from .loudness import integrated_loudness
+from musicgen.audio.loudness import integrated_loudness
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Continuous batching: one decode loop, on a thread of its own, serves every active request.
 
 Decoding is memory-bandwidth bound: a step reads every decoder weight once whether it serves one request or
-eight, so the requests in flight share each step. A request's sequence (``musicgen.sequence``) gets a slot —
+eight, so the requests in flight share each step. A request's sequence (``musicgen.engine.sequence``) gets a slot —
 two rows of a KV cache preallocated for every slot (conditional and unconditional) — prefills its window alone
 when it joins or starts a new window, then decodes one column per shared step at its own positions, reading
 only its own keys and text, with its own sampling settings and generator. It leaves at its end (or when
@@ -13,7 +13,7 @@ Two forms of the shared step:
   cache, the int8 engine quantizes activations per row, and float precisions run every step at the full
   slot width (padding rows), so that their matrix products see the same shapes whoever else is decoding. A
   request gives the same bytes alone or beside others.
-- the fixed-shape step (``musicgen.graphs``; CUDA default, CUDA graphs): every slot's rows in one call per
+- the fixed-shape step (``musicgen.engine.graphs``; CUDA default, CUDA graphs): every slot's rows in one call per
   layer, positions on the device, no host sync. Its matrix products always take every slot's rows (a
   row's result does not depend on the others); attention runs over the active slots' rows and keys up to
   the longest active row, rounded to buckets, each row masked past its own position, so that the keys a
@@ -37,11 +37,11 @@ from collections import deque
 
 import torch
 
-from .backends import FastBackend
-from .decoder import Segment
-from .graphs import ROWS_PER_SLOT, grow_caches
-from .memory import ModelShapes
-from .sequence import Cancelled, Sequence
+from musicgen.engine.backends import FastBackend
+from musicgen.engine.decoder import Segment
+from musicgen.engine.graphs import ROWS_PER_SLOT, grow_caches
+from musicgen.serving.memory import ModelShapes
+from musicgen.engine.sequence import Cancelled, Sequence
 
 log = logging.getLogger(__name__)
 

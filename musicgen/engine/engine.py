@@ -3,7 +3,7 @@
 It owns everything between the audio a request brings and the audio it gets back: checking a continuation
 prompt against the output's length and encoding it, the melody's chroma at each window's place in time (and how
 much of the melody file that needs), the conditioning and classifier-free guidance, the codebook delay
-pattern and prompt forcing, token-by-token decoding over a :class:`~musicgen.backends.Backend`, windows past
+pattern and prompt forcing, token-by-token decoding over a :class:`~musicgen.engine.backends.Backend`, windows past
 the model's 30 s context (audiocraft's extend scheme), and the EnCodec round trip.
 
 It runs its own decode loop (not transformers' ``generate()``), so sampling follows audiocraft exactly, seeds
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from . import chroma as chroma_mod
-from .audio_io import convert_channels, prompt_too_long
-from .backends import Backend, FastBackend, ReferenceBackend
-from .codec import Codec
-from .conditioning import Conditioner
-from .sampling import SamplingParams
-from .sequence import Cancelled, Sequence, WindowEvent
-from .stems import StemSeparator
+from musicgen.engine import chroma as chroma_mod
+from musicgen.audio.audio_io import convert_channels, prompt_too_long
+from musicgen.engine.backends import Backend, FastBackend, ReferenceBackend
+from musicgen.engine.codec import Codec
+from musicgen.engine.conditioning import Conditioner
+from musicgen.engine.sampling import SamplingParams
+from musicgen.engine.sequence import Cancelled, Sequence, WindowEvent
+from musicgen.engine.stems import StemSeparator
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Engine:
     def __init__(self, model, tokenizer, windows: WindowSettings | None = None, backend: str = "fast",
                  precision: str = "fp32", compile: bool = False, static_step: bool | None = None,
                  separator: StemSeparator | None = None, compile_backend="inductor"):
-        """``backend`` "fast" decodes with ``musicgen.decoder`` in ``precision`` (fp32, bf16, fp16, int8,
+        """``backend`` "fast" decodes with ``musicgen.engine.decoder`` in ``precision`` (fp32, bf16, fp16, int8,
         int4), its decode step optionally through ``torch.compile`` and with fixed shapes (``static_step``,
         default: when compiling on CUDA, for CUDA graphs); "reference" runs transformers' own modules in
         the checkpoint's dtype (for parity checks). ``separator``: melody checkpoints take the chroma of

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MusicGenError
+from musicgen.errors import MusicGenError
 
 log = logging.getLogger(__name__)
 

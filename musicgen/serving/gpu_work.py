@@ -1,10 +1,10 @@
 """Request-side GPU work (text encoder, EnCodec, Demucs, melody chroma) kept off the decode loop's path.
 
-Each request runs its own model work in its own thread (``musicgen.service``). On a GPU that work gets a CUDA
+Each request runs its own model work in its own thread (``musicgen.serving.service``). On a GPU that work gets a CUDA
 stream of its own, so the decode loop's steps (on the loop thread's default stream) do not queue behind a
 request's EnCodec chunk or Demucs segment, and at most ``workers`` such works run at once, so that concurrent
 requests cannot together exhaust the memory the plan left for them between two decode steps
-(``musicgen.memory``). Hand-off between the streams:
+(``musicgen.serving.memory``). Hand-off between the streams:
 
 - into the work: the side stream first waits for the default stream (codes the decode loop produced);
 - out of it: the request's thread waits for the side stream to finish (only that thread blocks), and each

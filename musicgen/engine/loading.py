@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import layout
-from .errors import MusicGenError
+from musicgen.engine import layout
+from musicgen.errors import MusicGenError
 
 log = logging.getLogger(__name__)
 

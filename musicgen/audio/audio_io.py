@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MusicGenError
-from .inputs import MAX_DURATION
+from musicgen.errors import MusicGenError
+from musicgen.inputs import MAX_DURATION
 
 log = logging.getLogger(__name__)
 

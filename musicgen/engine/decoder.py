@@ -2,11 +2,11 @@
 
 gpt-fast's recipe applied to MusicGen: the transformers decoder's weights are copied once into plain
 tensors (q/k/v fused, the codebook heads stacked into one matrix, optionally bf16/fp16, int8 or int4: see
-``musicgen.quant``), the self-attention cache (``musicgen.kv_cache``) is allocated once per window shape, the
+``musicgen.engine.quant``), the self-attention cache (``musicgen.engine.kv_cache``) is allocated once per window shape, the
 text cross-attention keys/values are computed once per window, and there are two entry points over one
 forward: ``prefill`` (the prompt, after an optional embedded prefix) and ``step`` (one column of several
 segments, each reading the filled part of its own cache rows: exact whoever else decodes, cheapest on a CPU).
-A third entry, ``fixed_step``, is the form CUDA graphs capture (``musicgen.graphs``): one column for every row
+A third entry, ``fixed_step``, is the form CUDA graphs capture (``musicgen.engine.graphs``): one column for every row
 at once, each row at its own position (a device tensor), shapes fixed by the caller's buckets, no host sync.
 
 The math is the same as transformers' (pre-LayerNorm blocks, exact GELU, sinusoidal positions, sum of
@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .kv_cache import CrossKV, KVCache
-from .quant import PRECISIONS, Linear, compute_dtype, one_thread, stack
+from musicgen.engine.kv_cache import CrossKV, KVCache
+from musicgen.engine.quant import PRECISIONS, Linear, compute_dtype, one_thread, stack
 
 @dataclass(frozen=True)
 class Segment:
@@ -225,7 +225,7 @@ class FastDecoder:
                  compile_backend: str | Callable = "inductor", device: torch.device | None = None):
         """``compile``: run the segments' one-column step through ``torch.compile`` with symbolic lengths
         (fuses the small ops between the matmuls; the first steps pay the compile time, minutes on a small
-        CPU), with ``compile_backend``. The fixed-shape step has its own compiled form (``musicgen.graphs``).
+        CPU), with ``compile_backend``. The fixed-shape step has its own compiled form (``musicgen.engine.graphs``).
 
         ``device`` (default: the transformers decoder's): where the decoder runs. The transformers decoder
         may stay on the CPU (mapped from its file): each weight is converted there and moved on, layer by

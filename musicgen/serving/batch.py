@@ -1,10 +1,10 @@
 """Batch generation: a file of requests into a directory (or fsspec URL) of outputs, decoded concurrently
-through the scheduler, resumable. :mod:`musicgen.distributed` runs the same job over a Ray cluster.
+through the scheduler, resumable. :mod:`musicgen.serving.distributed` runs the same job over a Ray cluster.
 
 The requests file is JSON Lines (one object per line with any of the 13 inputs, ``input_audio`` a path
 relative to the file, and an optional ``name`` for the output file) or plain text (one prompt per line).
 Each output is ``<name>.<format>`` (default name: the line number, ``0001``), written under a temporary name
-and renamed (:mod:`musicgen.store`), so it exists once and whole; outputs that exist are skipped, so an interrupted job resumes where
+and renamed (:mod:`musicgen.serving.store`), so it exists once and whole; outputs that exist are skipped, so an interrupted job resumes where
 it stopped. ``results.jsonl`` in the output directory records every request's file, seed and time, or its
 error sentence (a bad line fails alone).
 """
@@ -15,17 +15,17 @@ import json
 import logging
 import queue
 import shutil
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MusicGenError
-from .inputs import SPECS
-from .request import GenerationRequest
-from .scheduler import Cancelled
-from .store import OutputStore
+from musicgen.errors import MusicGenError
+from musicgen.inputs import SPECS
+from musicgen.request import GenerationRequest
+from musicgen.serving.scheduler import Cancelled
+from musicgen.serving import progress
+from musicgen.serving.store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +68,6 @@ def read_requests(path: Path, defaults: dict | None = None) -> list[BatchItem | 
             record["input_audio"] = (path.parent / record["input_audio"]).resolve()
         items.append(BatchItem(name, {**(defaults or {}), **record}, number))
     return items
-
-
-class ProgressBar:
-    """One progress line over the whole job, on stderr."""
-
-    def __init__(self, total: int, width: int = 30):
-        self.total, self.width, self.done, self.started = total, width, 0, time.monotonic()
-        self.lock = threading.Lock()
-
-    def advance(self) -> None:
-        with self.lock:
-            self.done += 1
-            filled = self.width * self.done // max(1, self.total)
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            sys.stderr.write(f"\rbatch [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                             f"requests, {elapsed:.0f} s, about {eta:.0f} s left")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def output_name(item: BatchItem) -> str:
@@ -153,7 +133,7 @@ def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | N
     if todo.empty():
         store.close()
         return summary.failed
-    bar = ProgressBar(todo.qsize())
+    bar = progress.bar(todo.qsize(), "batch", "request")
     scratch = store.scratch()
     lock = threading.Lock()
     stop = threading.Event()
@@ -179,7 +159,8 @@ def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | N
                     summary.failed += 1
             except Cancelled:
                 return
-            bar.advance()
+            with lock:
+                bar.update()
 
     count = workers or model.scheduler.slots
     threads = [threading.Thread(target=worker, name=f"musicgen-batch-{i}") for i in range(count)]
@@ -195,6 +176,7 @@ def run_batch(model, requests_file: Path, output: str | Path, defaults: dict | N
             t.join()
         raise
     finally:
+        bar.close()
         shutil.rmtree(scratch, ignore_errors=True)
         store.close()
     log.info(summary.line(f"{count} slot(s) of one process"))
