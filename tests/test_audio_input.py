@@ -106,7 +106,7 @@ def test_any_sample_rate_resamples_in_bounded_memory(tmp_path):
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
-        "from musicgen import audio_io\n"
+        "from musicgen.audio import audio_io\n"
         "wav = audio_io.load_prompt(sys.argv[1], 0, None, 32000, 1)\n"
         "print(wav.shape[1])\n"
     )

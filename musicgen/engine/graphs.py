@@ -144,7 +144,7 @@ class GraphStep:
         return logits
 
     def open_window(self, slot: int, window) -> tuple[torch.Tensor, int, list[CrossKV] | None]:
-        """A sequence's window (``musicgen.sequence.WindowRun``) begins in ``slot``: its text written, its
+        """A sequence's window (``musicgen.engine.sequence.WindowRun``) begins in ``slot``: its text written, its
         prefix and first columns prefilled. Returns the logits of its last prefilled position, the positions
         filled, and the slot's rows of the text buffers."""
         cond = window.cond
