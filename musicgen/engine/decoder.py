@@ -238,7 +238,6 @@ class FastDecoder:
             raise ValueError(f"{precision} decoding runs on the CPU only; on {device.type} use bf16 or fp16.")
         cfg = hf_decoder.config
         self.device = device
-        self.precision = precision
         self.dtype = compute_dtype(precision, device)
         # attention state: CPUs run fp32 batched matmuls several times faster than bf16 ones, and at long
         # contexts reading the cache dominates a step, so keep it (and attention) in fp32 there; on CUDA the

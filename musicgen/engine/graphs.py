@@ -113,7 +113,7 @@ class GraphStep:
         if needed <= self.length:
             return False
         self.caches, self.length = grow_caches(self.decoder, self.caches, self.rows, needed)
-        if getattr(self, "_fn", None) is not None and self.compiled:
+        if self._fn is not None and self.compiled:  # None while the constructor allocates
             self._mark_static()
         return True
 

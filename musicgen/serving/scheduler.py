@@ -258,30 +258,26 @@ class Scheduler:
                 torch.cuda.empty_cache()
             self._each_alone(stepping)
             return
-        for job in stepping:
+        for job, job_logits in zip(stepping, logits):
             job.filled += 1
-            self._consume(job, logits[self._rows(job)])
+            self._consume(job, job_logits)
 
     def _rows(self, job: Job) -> slice:
         first = ROWS_PER_SLOT * job.slot
         return slice(first, first + job.sequence.window.rows)
 
-    def _shared_step(self, stepping: list[Job]) -> torch.Tensor:
-        """One column for every stepping job: the logits of every slot's rows."""
+    def _shared_step(self, stepping: list[Job]) -> list[torch.Tensor]:
+        """One column for every stepping job: each job's logits (its rows), in order."""
         if self.graph is not None:
             for job in stepping:
                 self.graph.set_column(job.slot, job.sequence.window.step_ids())
             slots = max(job.slot for job in stepping) + 1
-            return self.graph.decode(slots, max(job.filled for job in stepping) + 1)
+            logits = self.graph.decode(slots, max(job.filled for job in stepping) + 1)
+            return [logits[self._rows(job)] for job in stepping]
         segments = [self._segment(job) for job in stepping]
         ids = torch.cat([job.sequence.window.step_ids() for job in stepping])
         logits = self.decoder.step(self._padded(ids), segments, self.caches)
-        out = logits.new_empty(ROWS_PER_SLOT * self.slots, *logits.shape[1:])
-        start = 0
-        for job, segment in zip(stepping, segments):
-            out[segment.rows] = logits[start : start + segment.size]
-            start += segment.size
-        return out
+        return list(logits[: sum(segment.size for segment in segments)].split([s.size for s in segments]))
 
     def _each_alone(self, stepping: list[Job]) -> None:
         """Each job's column decoded alone in the segments' step (over the same caches); a job whose own
