@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,22 @@ def run(predictor, **inputs) -> Path:
     out = asyncio.run(predictor.predict(**{**DEFAULTS, **inputs}))
     assert isinstance(out, list) and len(out) == 1
     return Path(out[0])
+
+
+def in_threads(call, count: int, timeout: float = 600) -> list:
+    """``call(i)`` for i in range(count), each in its own thread, all started together; their results in
+    order (None for one that did not return)."""
+    results = [None] * count
+
+    def one(i):
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return results
 
 
 def tone(freqs, seconds: float, sr: int = SR, amp: float = 0.5) -> np.ndarray:

@@ -298,6 +298,7 @@ def test_a_compiled_step_failing_mid_request_finishes_eagerly_with_the_same_toke
 
 
 def _counting_backend():
+    torch._dynamo.reset()  # a step compiled by an earlier test would be served from dynamo's cache, uncounted
     compiled = []
 
     def backend(gm, example_inputs):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR, readme_block, tone
+from conftest import SR, in_threads, readme_block, tone
 from http_helpers import ROOT, CogServer, Receiver, request
 
 
@@ -386,18 +386,11 @@ def _mixed_requests() -> list[dict]:
 
 
 def _together(server, requests: list[dict], delays: list[float]) -> list:
-    results = [None] * len(requests)
-
     def send(i):
         time.sleep(delays[i])
-        results[i] = server.predict(requests[i], retries_409=30)  # a slot is released a moment after its end
+        return server.predict(requests[i], retries_409=30)  # a slot is released a moment after its end
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    return results
+    return in_threads(send, len(requests))
 
 
 def test_concurrent_requests_give_exactly_what_each_gives_alone(concurrent_server):

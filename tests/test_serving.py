@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from conftest import in_threads
 from http_helpers import CogServer, request
 from musicgen import GenerationRequest, MusicGen, MusicGenError
 
@@ -19,18 +20,14 @@ def _sha(path) -> str:
 
 
 def _together(call, items: list) -> list:
-    results, barrier = [None] * len(items), threading.Barrier(len(items), timeout=60)
+    """``call`` on every item at once: each in its own thread, released together."""
+    barrier = threading.Barrier(len(items), timeout=60)
 
     def one(i):
         barrier.wait()
-        results[i] = call(items[i])
+        return call(items[i])
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(items))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    return results
+    return in_threads(one, len(items))
 
 
 def test_four_callers_on_one_slot_each_keep_their_whole_file_until_later_ones_return(checkpoints):
