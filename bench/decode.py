@@ -12,7 +12,12 @@ precision is fed the same tokens and its next-token distribution (after guidance
 every generated cell: mean KL(fp32 || precision) in nats and top-1 agreement. The int8 peer is measured the
 same way.
 
-The last line is ``ratio=<ours / the fastest peer> steps_per_s=<ours>`` for our default precision.
+Against the roofline (musicgen_dev/roofline.py): the bytes a step of our default precision must read (its
+weights as stored, and the keys and values its two rows attend, on average over the run) times its steps per
+second, against this device's measured copy bandwidth.
+
+The figures end as ``key=value`` lines (``bench/gpu_check.py`` collects them): ``ours.*`` for our default
+precision, ``peer_fp32.*`` and ``peer_fast.*`` for transformers, ``ratio`` (ours / the fastest peer).
 
     .venv/bin/python bench/decode.py [--preset small|medium] [--melody] [--seconds 2] [--device cpu|cuda]
                                      [--head-scale 1] [--compile]
@@ -31,6 +36,7 @@ from musicgen.engine.engine import Engine
 from musicgen.engine.sampling import SamplingParams, apply_cfg
 from musicgen.engine.sequence import Sequence
 from musicgen.settings import default_precision
+from musicgen_dev import roofline
 from musicgen_dev.checkpoints import build_random_model
 from musicgen_dev.peers import make_peer, peer_names
 
@@ -40,6 +46,21 @@ CFG = 3.0
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def say(key: str, value) -> None:
+    print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}", flush=True)
+
+
+def step_bytes(engine: Engine, frames: int) -> int:
+    """What one step of ``engine`` reads on average over ``frames`` frames of TEXT (roofline.request_bytes)."""
+    decoder = engine.backend.decoder
+    weights = sum(t.numel() * t.element_size() for t in decoder.weights())
+    per_position = roofline.kv_bytes_per_position(len(decoder.layers), decoder.hidden, decoder.state_dtype.itemsize)
+    text = len(engine.conditioner.tokenizer(TEXT).input_ids)
+    prefix = engine.model.config.chroma_length + text if engine.is_melody else 0
+    steps = frames + engine.max_delay
+    return weights + roofline.request_bytes(per_position, steps, prefix, 0 if engine.is_melody else text) // steps
 
 
 def sync(device):
@@ -121,6 +142,8 @@ def main() -> int:
     parser.add_argument("--melody", action="store_true", help="melody checkpoint layout (prefix conditioning)")
     parser.add_argument("--seconds", type=float, default=2.0, help="audio generated per timed run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precisions", nargs="+", help="ours in these precisions only (fp32, the reference, and "
+                        "the device's default are always run)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the default precision with the decode step compiled (reports compile time)")
     parser.add_argument("--head-scale", type=float, default=1.0,
@@ -147,6 +170,8 @@ def main() -> int:
 
     precisions = ["fp32", "bf16", "int8", "int4"] if device.type == "cpu" else ["fp32", "bf16", "fp16"]
     default = default_precision(device)
+    if args.precisions:
+        precisions = [p for p in precisions if p in ("fp32", default, *args.precisions)]
     results, reference, forced = {}, None, None
     for precision in precisions:
         t = time.perf_counter()
@@ -162,6 +187,8 @@ def main() -> int:
                   f"flatter than a trained model's)", flush=True)
         kl, top1 = divergence(reference, steps)
         results[precision] = sps
+        if precision == default:
+            default_bytes = step_bytes(engine, frames)
         print(f"ours {precision}: {sps:.2f} steps/s ({1000 / sps:.1f} ms/step, {50 / sps:.2f} s per s of audio) "
               f"x{sps / peers[fp32_peer]:.2f} vs transformers fp32, KL from fp32 {kl:.2e} nats, "
               f"top-1 agreement {top1 * 100:.1f}%, weight prep {prep:.1f}s, peak_rss={peak_rss_mib():.0f}MiB",
@@ -173,8 +200,11 @@ def main() -> int:
         engine.generate_codes(TEXT, 8, SamplingParams(temperature=0.0, cfg_scale=CFG))  # compiles
         compile_s = time.perf_counter() - t
         sps = time_ours(engine, frames, device)
-        print(f"ours {default} + torch.compile: {sps:.2f} steps/s ({1000 / sps:.1f} ms/step) "
+        form = "+ torch.compile" if engine.backend.decoder.compiled else "(torch.compile fell back to eager)"
+        print(f"ours {default} {form}: {sps:.2f} steps/s ({1000 / sps:.1f} ms/step) "
               f"x{sps / peers[fp32_peer]:.2f} vs transformers fp32, compile {compile_s:.0f}s", flush=True)
+        say("compiled.steps_per_s", sps)
+        say("compiled.compiled", engine.backend.decoder.compiled)
         del engine
 
     model = make_peer(model, fast_peer)
@@ -188,7 +218,17 @@ def main() -> int:
     ours = results[default]
     print(f"default precision on {device.type}: {default} (not compiled); fastest peer: transformers {best} "
           f"({peers[best]:.2f} steps/s); ours x{ours / peers[fp32_peer]:.2f} vs transformers fp32")
-    print(f"ratio={ours / peers[best]:.2f} steps_per_s={ours:.2f}")
+    bandwidth = roofline.copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 26))
+    say("copy_gb_per_s", bandwidth / 1e9)
+    say("peer_fp32.steps_per_s", peers[fp32_peer])
+    say("peer_fast.steps_per_s", peers[fast_peer])
+    say("peer_fast.name", fast_peer.replace(" ", "_"))
+    say("ours.precision", default)
+    say("ours.steps_per_s", ours)
+    say("ours.gb_per_s", default_bytes * ours / 1e9)
+    say("ours.roofline", roofline.fraction(default_bytes * ours, 1.0, bandwidth))
+    say("peak_gpu_gib", torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else "na")
+    say("ratio", ours / peers[best])
     return 0
 
 

@@ -71,6 +71,11 @@ class Settings:
             raise MusicGenError(f"MUSICGEN_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}.")
         if self.step not in STEPS:
             raise MusicGenError(f"MUSICGEN_STEP must be one of {', '.join(STEPS)}, got {self.step!r}.")
+        if self.step == "segments" and self.compile:
+            raise MusicGenError(
+                "MUSICGEN_COMPILE=1 needs the fixed-shape step, but MUSICGEN_STEP=segments is set: the segments' step "
+                "compiled gives requests decoded together other bytes than alone; unset MUSICGEN_STEP (compiling "
+                "picks the fixed step) or set MUSICGEN_COMPILE=0.")
         if self.precision not in PRECISIONS:
             raise MusicGenError(
                 f"MUSICGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
@@ -117,8 +122,10 @@ class Settings:
 
     def fixed_step(self, device: torch.device) -> bool:
         """Whether requests decode in the fixed-shape step (``musicgen.engine.graphs``, CUDA graphs on a GPU):
-        MUSICGEN_STEP=fixed, or auto on CUDA; else in the segments' step (exact, cheapest on a CPU)."""
-        return self.step == "fixed" or (self.step == "auto" and device.type == "cuda")
+        MUSICGEN_STEP=fixed, or auto on CUDA or when compiling (the only step that is compiled: the segments' step
+        compiled gave concurrent requests other bytes than alone); else in the segments' step (exact, cheapest
+        on a CPU)."""
+        return self.step == "fixed" or (self.step == "auto" and (device.type == "cuda" or self.compile_on(device)))
 
     def compile_on(self, device: torch.device) -> bool:
         """Whether the decode step goes through ``torch.compile``: MUSICGEN_COMPILE, else on CUDA."""

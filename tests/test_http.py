@@ -467,3 +467,39 @@ def test_a_failing_request_harms_none_of_the_others(concurrent_server):
     results = _together(concurrent_server, [requests[0], bad, requests[2]], [0, 0.2, 0])
     assert results[1][1]["status"] == "failed" and "could not be decoded as audio" in results[1][1]["error"]
     assert [results[i][1]["output"][0] for i in (0, 2)] == expected
+
+
+# ---------------------------------------------------------------- compiled serving on the CPU
+def test_compiling_the_segments_step_is_refused_at_setup_in_one_sentence(checkpoints):
+    s = CogServer(checkpoints["plain"], extra_env={"MUSICGEN_STEP": "segments", "MUSICGEN_COMPILE": "1"})
+    try:
+        health = s.wait_health()
+        assert health["status"] == "SETUP_FAILED"
+        logs = health["setup"]["logs"]
+        assert "MUSICGEN_COMPILE=1 needs the fixed-shape step, but MUSICGEN_STEP=segments is set" in logs
+        assert "unset MUSICGEN_STEP" in logs and "set MUSICGEN_COMPILE=0" in logs
+    finally:
+        s.stop()
+
+
+def test_compile_on_a_cpu_serves_concurrent_requests_their_solo_bytes(checkpoints):
+    """MUSICGEN_COMPILE=1 with the default step and precision on a CPU: the fixed-shape step (the segments' step
+    is never compiled), kept eager in int8 with one line saying why, and four different requests at once each give
+    the bytes they give alone. (The compiled fixed step's tokens are the eager one's: tests/test_scheduler.py.)"""
+    s = CogServer(checkpoints["melody"], extra_env={"COG_MAX_CONCURRENCY": "4", "MUSICGEN_COMPILE": "1"})
+    try:
+        assert s.wait_health()["status"] == "READY", s.logs()
+        log = s.log_path.read_text(errors="replace")
+        assert "decode step ready for 4 slot(s)" in log, log[-3000:]
+        assert "the decode step stays eager in int8 on a CPU" in log
+        assert "compiled decode step failed" not in log
+        requests = _mixed_requests()
+        alone = []
+        for inputs in requests:
+            status, body = s.predict(inputs)
+            assert status == 200 and body["status"] == "succeeded", body
+            alone.append(body["output"][0])
+        together = _together(s, requests, [0, 0, 0, 0])
+        assert [body["output"][0] for _, body in together] == alone
+    finally:
+        s.stop()

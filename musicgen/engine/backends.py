@@ -11,6 +11,7 @@ import torch
 from musicgen.engine.conditioning import Conditioning
 from musicgen.engine.decoder import FastDecoder, Segment
 from musicgen.engine.graphs import GraphStep, warn_fallback
+from musicgen.engine.quant import int8_dynamic_available
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ class FastBackend:
     def __init__(self, hf_decoder, precision: str, compile: bool, static: bool | None, window_len: int,
                  compile_backend="inductor", device: torch.device | None = None):
         """``window_len``: token columns in a full window (the fixed-shape step's cache holds that much)."""
+        on_cpu = (device or torch.device("cpu")).type == "cpu"
+        if compile and precision == "int8" and on_cpu and int8_dynamic_available():
+            # fbgemm's int8 GEMM takes packed weights, an opaque object torch.compile cannot trace
+            log.info("MUSICGEN_COMPILE: the decode step stays eager in int8 on a CPU (its quantized matmuls "
+                     "cannot be compiled); MUSICGEN_PRECISION=bf16 or fp32 compiles")
+            compile = False
         self.decoder = FastDecoder(hf_decoder, precision, compile=compile and not static,
                                    compile_backend=compile_backend, device=device)
         self.static = self.decoder.device.type == "cuda" if static is None else static

@@ -26,6 +26,7 @@ no graph break), which is how the tests check what the GPU runs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -68,6 +69,10 @@ class GraphStep:
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
         self.shapes: set[tuple[int, int]] = set()  # the (active rows, keys) shapes decoded so far
+        # what the last ``record`` took, in seconds: every bucket's first run ("warm_up": compiling the step,
+        # when compiled) and the graphs' capture ("capture", CUDA); and what it fell back from, if anything
+        self.timings: dict[str, float] = {}
+        self.fallbacks: list[str] = []
 
     # ------------------------------------------------------------ shapes
     def slot_buckets(self) -> list[int]:
@@ -233,6 +238,7 @@ class GraphStep:
         try:
             self._record()
         except Exception as exc:
+            self.fallbacks.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             if self.compiled:
                 warn_fallback(exc, "decoding without torch.compile from now on")
                 self._fn = self.decoder.fixed_step
@@ -244,10 +250,12 @@ class GraphStep:
             self.record()
 
     def _record(self) -> None:
-        self.graphs = {}
+        self.graphs, self.timings = {}, {}
+        started = time.monotonic()
         if not self.capture:
             for key in self.buckets():
                 self._run(key)
+            self.timings["warm_up"] = time.monotonic() - started
             return
         self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
@@ -256,6 +264,9 @@ class GraphStep:
             for key in self.buckets():
                 self._run(key)  # warm-up (and compilation) outside the capture
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.timings["warm_up"] = time.monotonic() - started
+        started = time.monotonic()
         graphs = {}
         for key in self.buckets():
             graph = torch.cuda.CUDAGraph()
@@ -264,6 +275,7 @@ class GraphStep:
             graphs[key] = (graph, out)
         torch.cuda.synchronize()
         self.graphs = graphs
+        self.timings["capture"] = time.monotonic() - started
 
 
 def grow_caches(decoder: FastDecoder, caches: list[KVCache], rows: int, needed: int) -> tuple[list[KVCache], int]:

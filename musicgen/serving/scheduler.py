@@ -139,6 +139,7 @@ class Scheduler:
                 self.caches, self.length = grow_caches(decoder, [], ROWS_PER_SLOT * self.slots,
                                                        backend.window_len + prefix)
         self.closed = False
+        self.steps = 0  # shared decode steps run so far (what the benches divide bytes and time by)
         self.threads = torch.get_num_threads()  # the decode loop's intra-op threads
         self._ready = threading.Event()
         self._setup_error: BaseException | None = None
@@ -258,6 +259,7 @@ class Scheduler:
                 torch.cuda.empty_cache()
             self._each_alone(stepping)
             return
+        self.steps += 1
         for job, job_logits in zip(stepping, logits):
             job.filled += 1
             self._consume(job, job_logits)
