@@ -60,12 +60,12 @@ def report(kind: str, clients: int, wall: float, latencies: list[float], seconds
     return audio_per_s
 
 
-def library(checkpoint: Path, clients_list: list[int], seconds: int) -> None:
+def library(checkpoint: Path, clients_list: list[int], seconds: int, device: str | None) -> None:
     from musicgen import GenerationRequest, MusicGen
 
     base = None
     for clients in clients_list:
-        model = MusicGen.load(checkpoint, device="cpu", concurrency=clients)
+        model = MusicGen.load(checkpoint, device=device, concurrency=clients)
         model.predict(GenerationRequest(prompt="warm up", duration=1, seed=0))
         wall, latencies = run_clients(
             lambda seed: model.predict(GenerationRequest(prompt="lofi hip hop beat", duration=seconds, seed=seed)),
@@ -124,6 +124,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--http", action="store_true", help="also through Cog's HTTP server")
+    parser.add_argument("--device", help="cpu or cuda (default: MUSICGEN_DEVICE, else a GPU when there is one)")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     os.environ.setdefault("MUSICGEN_MELODY_STEMS", "0")  # text requests only: no separator needed
@@ -132,7 +133,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="throughput-"))
     checkpoint = build_random_checkpoint(work / f"musicgen-{args.preset}", melody=args.melody, preset=args.preset)
     print(f"preset={args.preset} melody={args.melody} audio per request={args.seconds}s threads={os.cpu_count()}")
-    library(checkpoint, args.clients, args.seconds)
+    library(checkpoint, args.clients, args.seconds, args.device)
     if args.http:
         http(checkpoint, args.clients, args.seconds)
     return 0

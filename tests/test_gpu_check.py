@@ -91,3 +91,20 @@ def test_the_gpu_check_runs_end_to_end_on_the_simulated_image(image, tmp_path):
     assert figures["step"] == "fixed" and int(figures["shapes"]) > 0 and figures["fallbacks"] == "0"
     assert float(figures["c4.audio_s_per_s"]) > 0 and float(figures["c8.roofline"]) > 0
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "install.log"]
+
+
+def test_the_roofline_counts_the_bytes_a_step_must_read():
+    from musicgen_dev import roofline
+
+    per_position = roofline.kv_bytes_per_position(48, 1536, 2)  # musicgen-melody in bf16
+    assert per_position == 294_912
+    # a step attends every position before it: after a prefix of 5, two steps read 6 then 7 positions (and 3
+    # cross-attended text tokens each), on both rows
+    assert roofline.request_bytes(10, steps=2, prefix=5, text_tokens=3) == 2 * 10 * (6 + 7 + 3 + 3)
+    # eight 10 s melody requests read ~1.6x what one reads per step: at equal efficiency ~5x one's audio rate
+    weights, steps, prefix = 3.1e9, 503, 235 + 12
+    one = roofline.run_bytes(weights, steps, [roofline.request_bytes(per_position, steps, prefix)]) / steps
+    eight = roofline.run_bytes(weights, steps, [roofline.request_bytes(per_position, steps, prefix)] * 8) / steps
+    assert 3.3e9 < one < 3.5e9 and 5.3e9 < eight < 5.6e9
+    assert 4.5 < 8 * one / eight < 5.2
+    assert roofline.fraction(3e9, 2.0, 3e9) == 0.5
