@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -269,7 +271,8 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(checkpoints, monkeypatc
     caplog.set_level("INFO")
     service = MusicGen.load(checkpoints["plain"], device="cpu", precision="fp32", compile=True)
     assert "the compiled decode step failed (RuntimeError: backend exploded)" in caplog.text
-    assert "warmed up the decode step (eager)" in caplog.text
+    # compiling takes the fixed-shape step, which the scheduler builds at setup: it says it stays eager
+    assert re.search(r"decode step ready for \d+ slot\(s\): \d+ shapes, eager", caplog.text), caplog.text
     greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
     model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
     assert torch.equal(service.engine.generate_codes(TEXT, 20, greedy),

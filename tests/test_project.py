@@ -315,6 +315,19 @@ def test_settings_are_read_once_from_the_environment():
     assert Settings.from_env(env, precision="int8", device=None).precision == "int8"  # overrides; None keeps
 
 
+def test_compiling_takes_the_fixed_shape_step_and_never_the_segments_one():
+    import torch
+
+    from musicgen.settings import Settings
+
+    cpu = torch.device("cpu")
+    assert not Settings().fixed_step(cpu) and Settings(compile=True).fixed_step(cpu)
+    assert Settings.from_env({"MUSICGEN_COMPILE": "1"}).fixed_step(cpu)
+    assert not Settings(step="segments", compile=False).fixed_step(cpu)
+    with pytest.raises(MusicGenError, match="MUSICGEN_COMPILE=1 needs the fixed-shape step, but MUSICGEN_STEP=segments"):
+        Settings.from_env({"MUSICGEN_STEP": "segments", "MUSICGEN_COMPILE": "1"})
+
+
 def test_precision_and_device_settings_are_checked():
     import torch
 

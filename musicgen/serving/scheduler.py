@@ -177,8 +177,8 @@ class Scheduler:
                 if self.graph is not None:  # compiled and captured in the thread that replays it
                     started = time.monotonic()
                     self.graph.record()
-                    log.info("decode step ready for %d slot(s): %d shapes%s%s, in %.1f s", self.slots,
-                             len(self.graph.buckets()), ", compiled" if self.graph.compiled else "",
+                    log.info("decode step ready for %d slot(s): %d shapes, %s%s, in %.1f s", self.slots,
+                             len(self.graph.buckets()), "compiled" if self.graph.compiled else "eager",
                              ", CUDA graphs" if self.graph.graphs else "", time.monotonic() - started)
             except BaseException as exc:
                 self._setup_error = exc

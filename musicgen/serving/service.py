@@ -114,7 +114,7 @@ class MusicGen:
         """Load ``checkpoint`` (a directory), or the configured model; ``settings`` default to
         ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision``, ``compile`` and ``concurrency``
         (requests decoded at once) override them.
-        With ``compile`` the decode step is compiled here, in a warm-up generation."""
+        With ``compile`` the fixed-shape decode step is compiled (and on CUDA recorded) by the scheduler at setup."""
         started = time.monotonic()
         settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
                                                  concurrency=concurrency)
@@ -139,14 +139,6 @@ class MusicGen:
         plan = None
         if dev.type == "cuda" and backend == "fast":
             plan = _memory_plan(engine, path.name, settings, dev, free, total, stems=separator is not None)
-        if compile and backend == "fast" and not engine.backend.static:
-            # compile now, with a request's shapes, rather than in the first request (one compilation serves
-            # every later request; a compiler failure, now or later, falls back to the eager step); the
-            # fixed-shape step is compiled and recorded by the scheduler, in its decode thread
-            warm = time.monotonic()
-            engine.generate_codes("warm up", engine.frame_rate, SamplingParams(temperature=0.0))
-            log.info("warmed up the decode step (%s) in %.1f s",
-                     "compiled" if engine.backend.decoder.compiled else "eager", time.monotonic() - warm)
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
