@@ -12,9 +12,14 @@ up to a length bucket:
   rounded up to a power of two (a request joins the lowest free slot, so this stays small);
 - keys: attention reads each row's cache up to the longest active row, rounded up to ``LENGTH_BUCKET``
   positions, under a per-row mask; at 8 slots of 30 s that is what the longest request needs, not the whole
-  cache of every slot.
+  cache of every slot;
+- text (plain checkpoints): cross-attention reads each row's text keys up to the longest active text, rounded
+  up to a power of two times ``TEXT_BUCKET`` (a 20-token prompt reads 64 positions, not the encoder's 512: at
+  musicgen-medium's shapes that is ~260 MB less per request-step). Past a row's own text its keys are
+  masked, and the null condition's (all masked) values are zeros, so a shorter read gives the same result.
 
-So there are at most log2(slots) + 1 row buckets times (cache length / ``LENGTH_BUCKET``) shapes; on CUDA
+So there are at most log2(slots) + 1 row buckets times (cache length / ``LENGTH_BUCKET``) key buckets times
+log2(text length / ``TEXT_BUCKET``) + 1 text buckets (one without cross-attention) shapes; on CUDA
 each gets its CUDA graph at setup (``record``, called in the decode loop's own thread), and requests join
 and leave between steps without recording anything. Nothing in a step reads the device from the host:
 positions, per-row lengths and the mask stay on the device; the host tracks how far each request got.
@@ -58,6 +63,7 @@ class GraphStep:
         self.ids = torch.full((self.rows, decoder.num_codebooks, 1), 0, dtype=torch.long, device=device)
         self.pos = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.advance = torch.zeros(self.rows, dtype=torch.long, device=device)  # 1 on rows that decode
+        self.text_lengths = [0] * slots  # each slot's text tokens (host numbers: what the text bucket reads)
         self.length = 0
         self.caches: list = []
         self._fn = None
@@ -66,9 +72,9 @@ class GraphStep:
         self._grow(length)
         self.compile_backend = compile_backend or decoder.compile_backend
         self._fn = self._compiled() if compile else decoder.fixed_step
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
-        self.shapes: set[tuple[int, int]] = set()  # the (active rows, keys) shapes decoded so far
+        self.shapes: set[tuple[int, int, int]] = set()  # the (active slots, keys, text) shapes decoded so far
         # what the last ``record`` took, in seconds: every bucket's first run ("warm_up": compiling the step,
         # when compiled) and the graphs' capture ("capture", CUDA); and what it fell back from, if anything
         self.timings: dict[str, float] = {}
@@ -83,12 +89,26 @@ class GraphStep:
             n *= 2
         return counts + [self.slots]
 
-    def buckets(self) -> list[tuple[int, int]]:
-        """Every (active slots, keys) shape a step can take."""
-        return [(s, k) for s in self.slot_buckets() for k in range(LENGTH_BUCKET, self.length + 1, LENGTH_BUCKET)]
+    def text_buckets(self) -> list[int]:
+        """Text positions a step's cross-attention reads: powers of two times ``TEXT_BUCKET`` below the text
+        buffers' length, and that length (0 alone without cross-attention)."""
+        if self.text is None:
+            return [0]
+        size, counts = self.text[0].k.shape[2], []
+        n = TEXT_BUCKET
+        while n < size:
+            counts.append(n)
+            n *= 2
+        return counts + [size]
 
-    def bucket(self, slots: int, length: int) -> tuple[int, int]:
-        return next(s for s in self.slot_buckets() if s >= slots), round_up(length, LENGTH_BUCKET)
+    def buckets(self) -> list[tuple[int, int, int]]:
+        """Every (active slots, keys, text positions) shape a step can take."""
+        return [(s, k, t) for s in self.slot_buckets() for k in range(LENGTH_BUCKET, self.length + 1, LENGTH_BUCKET)
+                for t in self.text_buckets()]
+
+    def bucket(self, slots: int, length: int, text: int = 0) -> tuple[int, int, int]:
+        return (next(s for s in self.slot_buckets() if s >= slots), round_up(length, LENGTH_BUCKET),
+                next(t for t in self.text_buckets() if t >= text))
 
     # ------------------------------------------------------------ a request's rows
     def rows_of(self, slot: int, rows: int = ROWS_PER_SLOT) -> slice:
@@ -127,6 +147,7 @@ class GraphStep:
         rows (both rows, with one), its rows stop decoding until ``prefilled``. Returns its rows of the text
         buffers (the prefill's segment text)."""
         self.advance[self.rows_of(slot)] = 0
+        self.text_lengths[slot] = 0 if text is None else text[0].k.shape[2]
         if text is None:
             return None
         self.ensure(self.length, text[0].k.shape[2])
@@ -168,13 +189,15 @@ class GraphStep:
         both = self.rows_of(slot)
         self.advance[both] = 0
         self.pos[both] = 0
+        self.text_lengths[slot] = 0
 
     # ------------------------------------------------------------ the step
     def decode(self, slots: int, length: int) -> torch.Tensor:
         """One column for the rows of the first ``slots`` slots whose longest row holds ``length`` positions
-        after it (host numbers: no device read). Returns (R, K, vocab) float32 logits, a buffer reused by
-        the next call; each decoding row's position then advances by one, on the device."""
-        key = self.bucket(slots, length)
+        after it (host numbers: no device read), their texts read up to the longest one's bucket. Returns
+        (R, K, vocab) float32 logits, a buffer reused by the next call; each decoding row's position then
+        advances by one, on the device."""
+        key = self.bucket(slots, length, max(self.text_lengths[:slots]))
         self.shapes.add(key)
         graph = self.graphs.get(key) if self.capture else None
         if graph is not None:
@@ -185,15 +208,15 @@ class GraphStep:
         self.pos.add_(self.advance)
         return logits
 
-    def _run(self, key: tuple[int, int]) -> torch.Tensor:
-        slots, keys = key
+    def _run(self, key: tuple[int, int, int]) -> torch.Tensor:
+        slots, keys, text = key
         active = ROWS_PER_SLOT * slots
         if not self.compiled:
-            return self._fn(self.ids, self.pos, active, self.caches, self.text, keys)
+            return self._fn(self.ids, self.pos, active, self.caches, self.text, keys, text)
         # sizes are symbols, each its own: two that happen to be equal once (a text bucket and a layer's
         # width) must not be assumed equal forever, or a later shape would compile again
         with shape_config.patch(use_duck_shape=False):
-            return self._fn(self.ids, self.pos, active, self.caches, self.text, keys)
+            return self._fn(self.ids, self.pos, active, self.caches, self.text, keys, text)
 
     def _compiled(self) -> Callable:
         """The step through ``torch.compile``: one graph (no break: a host sync would be one), its sizes
