@@ -315,6 +315,25 @@ def test_settings_are_read_once_from_the_environment():
     assert Settings.from_env(env, precision="int8", device=None).precision == "int8"  # overrides; None keeps
 
 
+def test_metrics_listen_on_loopback_unless_told_and_make_serve_takes_the_images_concurrency():
+    import torch
+
+    from musicgen.settings import Settings
+    from musicgen_dev.serve import image_concurrency, server_env
+
+    assert Settings.from_env({}).metrics_host == "127.0.0.1"
+    assert Settings.from_env({"MUSICGEN_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    cpu = torch.device("cpu")
+    # the image: the model's slots follow COG_MAX_CONCURRENCY; `auto` keeps the device's own
+    assert Settings.from_env({"COG_MAX_CONCURRENCY": "8"}).slots(cpu) == 8
+    assert Settings.from_env({"COG_MAX_CONCURRENCY": "8", "MUSICGEN_CONCURRENCY": "auto"}).slots(cpu) == 2
+    assert Settings.from_env({"COG_MAX_CONCURRENCY": "8", "MUSICGEN_CONCURRENCY": "3"}).slots(cpu) == 3
+    env = server_env({"PATH": "/usr/bin"})
+    assert image_concurrency() == 8 and env["COG_MAX_CONCURRENCY"] == "8" and env["MUSICGEN_CONCURRENCY"] == "auto"
+    assert env["LOG_FORMAT"] == "console" and server_env({"LOG_FORMAT": "json"})["LOG_FORMAT"] == "json"
+    assert server_env({"COG_MAX_CONCURRENCY": "2"})["COG_MAX_CONCURRENCY"] == "2"
+
+
 def test_compiling_takes_the_fixed_shape_step_and_never_the_segments_one():
     import torch
 
@@ -410,6 +429,8 @@ def test_openapi_input_schema_accepts_null_and_integral_numbers_as_json_schema()
     for bad in ({"duration": 2.5}, {"duration": None}, {"seed": -2}, {"seed": "1"}, {"top_p": 1.5},
                 {"normalization_strategy": "loud"}, {"input_audio": 5}):
         assert list(validator.iter_errors(bad)), bad
+    # a misspelt input is refused by the schema, naming it (Cog's server strips it first: tests/test_http.py)
+    assert ["'durration' was unexpected" in e.message for e in validator.iter_errors({"durration": 2})] == [True]
 
 
 # ---------------------------------------------------------------- the package's layers
