@@ -1,13 +1,14 @@
 """Prometheus metrics of a serving process (``MUSICGEN_METRICS_PORT``): what an autoscaler needs.
 
 Cog's own ``/health-check`` says only READY or BUSY; scaling on load needs how many predictions are running,
-so the predictor serves, on its own port (on 127.0.0.1 unless ``MUSICGEN_METRICS_HOST`` says otherwise; ``GET /metrics``, Prometheus' text format, ``prometheus-client``):
+so the predictor serves, on its own port (``GET /metrics``, Prometheus' text format, ``prometheus-client``;
+on 127.0.0.1 unless ``MUSICGEN_METRICS_HOST`` says otherwise):
 
 - ``musicgen_requests_in_flight`` — predictions running now (decoding, or waiting for a slot);
 - ``musicgen_slots`` — requests the model decodes at once;
 - ``musicgen_requests_total{outcome}`` — finished predictions: ``succeeded``, ``failed`` (a bad input, refused
   before or while it runs, or an error), ``canceled``; requests that Cog's server refuses itself (422, 409)
-  never reach the predictor and are not counted;
+  or fails before predict() runs (an ``input_audio`` it cannot download) are not counted;
 - ``musicgen_audio_seconds_total`` — seconds of music generated;
 - on a GPU, the memory plan the slots come from (``musicgen.serving.memory``): ``musicgen_memory_bytes{part}``
   (``free`` to this process, weights included; ``weights``, ``kv_cache``, ``headroom``) and
