@@ -16,7 +16,6 @@ from typing import List, Optional
 
 from cog import BasePredictor, Input, Path, concurrent
 
-from musicgen.request import GenerationRequest
 from musicgen.serving.service import MusicGen
 
 
@@ -77,7 +76,7 @@ class Predictor(BasePredictor):
             default=None, ge=-1, le=4294967295,
         ),
     ) -> List[Path]:
-        request = GenerationRequest(
+        request = self.musicgen.request(
             prompt=prompt,
             input_audio=input_audio,
             duration=duration,

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from musicgen_dev import bench  # noqa: E402
 
 
 def read_all(directory: Path) -> tuple[float, int]:
@@ -67,7 +67,7 @@ def measure(checkpoint: str, precision: str, device: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -81,25 +81,22 @@ def main() -> int:
     from musicgen_dev.checkpoints import build_random_checkpoint
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    work = Path(tempfile.mkdtemp(prefix="coldstart-"))
-    try:
-        started = time.perf_counter()
-        ckpt = build_random_checkpoint(work / f"musicgen-{args.preset}", preset=args.preset)
-        print(f"built {ckpt.name} in {time.perf_counter() - started:.1f}s")
-        for precision in args.precisions:
-            read_all(ckpt)  # warm the page cache
-            raw_s, size = read_all(ckpt)
-            done = subprocess.run([sys.executable, __file__, "--measure", str(ckpt), precision, device],
-                                  capture_output=True, text=True, check=True)
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"raw read: {size / 2**30:.2f} GiB in {raw_s:.2f}s; setup ({r['precision']}): "
-                  f"{r['setup_s']:.2f}s = {r['setup_s'] / raw_s:.2f}x the raw read (imports before it "
-                  f"{r['import_s']:.1f}s); first 1 s generation {r['first_s']:.2f}s, second "
-                  f"{r['second_s']:.2f}s; peak RSS {r['peak_rss_gib']:.2f} GiB"
-                  + (f"; on the GPU: peak {r['device_peak_gib']:.2f} GiB during setup, {r['device_loaded_gib']:.2f} "
-                     "GiB once loaded" if "device_peak_gib" in r else ""))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    work = bench.work_dir("coldstart-")
+    started = time.perf_counter()
+    ckpt = build_random_checkpoint(work / f"musicgen-{args.preset}", preset=args.preset)
+    print(f"built {ckpt.name} in {time.perf_counter() - started:.1f}s")
+    for precision in args.precisions:
+        read_all(ckpt)  # warm the page cache
+        raw_s, size = read_all(ckpt)
+        done = subprocess.run([sys.executable, __file__, "--measure", str(ckpt), precision, device],
+                              capture_output=True, text=True, check=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"raw read: {size / 2**30:.2f} GiB in {raw_s:.2f}s; setup ({r['precision']}): "
+              f"{r['setup_s']:.2f}s = {r['setup_s'] / raw_s:.2f}x the raw read (imports before it "
+              f"{r['import_s']:.1f}s); first 1 s generation {r['first_s']:.2f}s, second "
+              f"{r['second_s']:.2f}s; peak RSS {r['peak_rss_gib']:.2f} GiB"
+              + (f"; on the GPU: peak {r['device_peak_gib']:.2f} GiB during setup, {r['device_loaded_gib']:.2f} "
+                 "GiB once loaded" if "device_peak_gib" in r else ""))
     return 0
 
 

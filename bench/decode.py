@@ -25,7 +25,6 @@ precision, ``peer_fp32.*`` and ``peer_fast.*`` for transformers, ``ratio`` (ours
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -36,7 +35,7 @@ from musicgen.engine.engine import Engine
 from musicgen.engine.sampling import SamplingParams, apply_cfg
 from musicgen.engine.sequence import Sequence
 from musicgen.settings import default_precision
-from musicgen_dev import roofline
+from musicgen_dev import bench, roofline
 from musicgen_dev.checkpoints import build_random_model
 from musicgen_dev.peers import make_peer, peer_names
 
@@ -137,7 +136,7 @@ def entropy(steps) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true", help="melody checkpoint layout (prefix conditioning)")
     parser.add_argument("--seconds", type=float, default=2.0, help="audio generated per timed run")

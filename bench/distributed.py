@@ -8,18 +8,16 @@ one, per job, at one worker with the same cores). Random weights with real shape
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
+from musicgen_dev import bench
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true")
     parser.add_argument("--jobs", type=int, default=8)
@@ -33,7 +31,7 @@ def main() -> int:
     from musicgen.serving.service import MusicGen
     from musicgen_dev.checkpoints import build_random_checkpoint
 
-    root = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    root = bench.work_dir("bench-distributed-")
     checkpoint = build_random_checkpoint(root / "model", melody=args.melody, preset=args.preset, seed=0)
     jobs = root / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps({"prompt": f"lofi beat {i}", "duration": args.seconds, "seed": i})

@@ -12,10 +12,8 @@ the audio itself) followed by the same normalization and writer.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from musicgen.audio.normalize import normalize
 from musicgen.audio.output import write_audio
 from musicgen.serving.service import MusicGen
 from musicgen.settings import default_precision
+from musicgen_dev import bench
 from musicgen_dev.checkpoints import build_random_model
 from musicgen_dev.peers import make_peer, peer_names
 
@@ -46,7 +45,7 @@ def peer_request(model, tokenizer, seconds: int, device, out_dir: Path, stem: st
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true", help="melody checkpoint layout (the default checkpoint)")
     parser.add_argument("--seconds", type=int, default=8)
@@ -56,7 +55,7 @@ def main() -> int:
     device = torch.device(args.device)
     model, tokenizer = build_random_model(preset=args.preset, melody=args.melody, seed=0)
     model = model.to(device)
-    out_dir = Path(tempfile.mkdtemp(prefix="e2e-"))
+    out_dir = bench.work_dir("e2e-")
     print(f"device={device} preset={args.preset} melody={args.melody} audio={args.seconds}s", flush=True)
 
     precision = default_precision(device)

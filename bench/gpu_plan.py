@@ -9,20 +9,18 @@ On a CPU it says so and stops (the plan is made on CUDA only).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from musicgen_dev import bench
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="medium", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true")
     parser.add_argument("--seconds", type=int, default=30)
@@ -35,7 +33,7 @@ def main() -> None:
     from musicgen.serving.service import MusicGen
     from musicgen_dev.checkpoints import build_random_checkpoint
 
-    work = Path(tempfile.mkdtemp(prefix="gpu-plan-"))
+    work = bench.work_dir("gpu-plan-")
     checkpoint = build_random_checkpoint(work / f"musicgen-{args.preset}", melody=args.melody, preset=args.preset)
     if args.melody:
         from musicgen_dev.separation import build_random_stems

@@ -12,9 +12,8 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+from musicgen_dev import bench
 
 
 
@@ -40,7 +39,7 @@ def child(checkpoint: str, duration: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--durations", type=int, nargs="+", default=[60, 300])
     parser.add_argument("--child", nargs=2, metavar=("CHECKPOINT", "DURATION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -49,7 +48,7 @@ def main() -> int:
         return 0
     from musicgen_dev.checkpoints import build_random_checkpoint
 
-    ckpt = build_random_checkpoint(Path(tempfile.mkdtemp(prefix="longmem-")) / "plain")
+    ckpt = build_random_checkpoint(bench.work_dir("longmem-") / "plain")
     for duration in args.durations:
         out = subprocess.run([sys.executable, __file__, "--child", str(ckpt), str(duration)],
                              capture_output=True, text=True, check=True)

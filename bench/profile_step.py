@@ -14,7 +14,6 @@ caches than inside the step, so the remainder is a lower bound of the overhead.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -27,6 +26,7 @@ from musicgen.engine.quant import _RANGE_MARKERS
 from musicgen.engine.sampling import SamplingParams, apply_cfg, sample_next
 from musicgen.engine.sequence import Sequence
 from musicgen.settings import default_precision
+from musicgen_dev import bench
 from musicgen_dev.checkpoints import build_random_model
 
 TEXT = "80s pop track with bassy drums and synth"
@@ -50,7 +50,7 @@ def read_bandwidth(device: torch.device) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="medium", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true", help="melody checkpoint layout (prefix conditioning)")
     parser.add_argument("--precision", default=None, help="default: the device's default precision")

@@ -22,13 +22,10 @@ Printed, one ``key=value`` per line as each figure is known (``bench/gpu_check.p
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +34,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from musicgen_dev import bench  # noqa: E402
 
 PROMPT = "lofi hip hop beat with mellow piano and soft drums"
 
@@ -74,7 +73,7 @@ class Peak:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="medium", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true", help="melody checkpoint layout (the default checkpoint)")
     parser.add_argument("--seconds", type=int, default=10, help="music per request in the concurrent runs")
@@ -99,103 +98,100 @@ def main() -> int:
     say("device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     say("settings", ",".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)
                              if k.startswith(("MUSICGEN_", "COG_MAX"))))
-    work = Path(tempfile.mkdtemp(prefix="served-"))
-    try:
+    work = bench.work_dir("served-")
+    started = time.perf_counter()
+    checkpoint = build_random_checkpoint(work / "checkpoint", melody=args.melody, preset=args.preset)
+    say("build_checkpoint_s", time.perf_counter() - started)
+    bandwidth = roofline.copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 26)
+    say("copy_gb_per_s", bandwidth / 1e9)
+
+    with Peak(torch, device, "setup"):
         started = time.perf_counter()
-        checkpoint = build_random_checkpoint(work / "checkpoint", melody=args.melody, preset=args.preset)
-        say("build_checkpoint_s", time.perf_counter() - started)
-        bandwidth = roofline.copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 26)
-        say("copy_gb_per_s", bandwidth / 1e9)
+        model = MusicGen.load(checkpoint)
+        setup = time.perf_counter() - started
+    engine, scheduler = model.engine, model.scheduler
+    graph = scheduler.graph
+    timings = graph.timings if graph is not None else {}
+    say("setup_s", setup)
+    say("load_s", setup - sum(timings.values()))
+    say("warm_up_s", timings.get("warm_up", 0.0))
+    say("capture_s", timings.get("capture", 0.0))
+    decoder = engine.backend.decoder
+    say("precision", engine.precision)
+    say("step", "fixed" if graph is not None else "segments")
+    say("compiled", graph.compiled if graph is not None else decoder.compiled)
+    say("graphs", len(graph.graphs) if graph is not None else 0)
+    say("shapes", len(graph.buckets()) if graph is not None else 0)
+    say("fallbacks", len(graph.fallbacks) if graph is not None else 0)
+    for reason in graph.fallbacks if graph is not None else []:
+        print(f"fallback: {reason}", flush=True)
+    say("slots", scheduler.slots)
 
-        with Peak(torch, device, "setup"):
-            started = time.perf_counter()
-            model = MusicGen.load(checkpoint)
-            setup = time.perf_counter() - started
-        engine, scheduler = model.engine, model.scheduler
-        graph = scheduler.graph
-        timings = graph.timings if graph is not None else {}
-        say("setup_s", setup)
-        say("load_s", setup - sum(timings.values()))
-        say("warm_up_s", timings.get("warm_up", 0.0))
-        say("capture_s", timings.get("capture", 0.0))
-        decoder = engine.backend.decoder
-        say("precision", engine.precision)
-        say("step", "fixed" if graph is not None else "segments")
-        say("compiled", graph.compiled if graph is not None else decoder.compiled)
-        say("graphs", len(graph.graphs) if graph is not None else 0)
-        say("shapes", len(graph.buckets()) if graph is not None else 0)
-        say("fallbacks", len(graph.fallbacks) if graph is not None else 0)
-        for reason in graph.fallbacks if graph is not None else []:
-            print(f"fallback: {reason}", flush=True)
-        say("slots", scheduler.slots)
+    weight_bytes = sum(t.numel() * t.element_size() for t in decoder.weights())
+    per_position = roofline.kv_bytes_per_position(len(decoder.layers), decoder.hidden,
+                                                  decoder.state_dtype.itemsize)
+    text_tokens = len(engine.conditioner.tokenizer(PROMPT).input_ids)
+    config = engine.model.config
+    prefix = (config.chroma_length + text_tokens) if engine.is_melody else 0
+    cross = 0 if engine.is_melody else text_tokens
+    say("weight_gb", weight_bytes / 1e9)
+    say("kv_kb_per_position_row", per_position / 1e3)
 
-        weight_bytes = sum(t.numel() * t.element_size() for t in decoder.weights())
-        per_position = roofline.kv_bytes_per_position(len(decoder.layers), decoder.hidden,
-                                                      decoder.state_dtype.itemsize)
-        text_tokens = len(engine.conditioner.tokenizer(PROMPT).input_ids)
-        config = engine.model.config
-        prefix = (config.chroma_length + text_tokens) if engine.is_melody else 0
-        cross = 0 if engine.is_melody else text_tokens
-        say("weight_gb", weight_bytes / 1e9)
-        say("kv_kb_per_position_row", per_position / 1e3)
+    def request(seconds: int, seed: int, out: Path | None = None) -> tuple[float, int]:
+        steps = [0]
 
-        def request(seconds: int, seed: int, out: Path | None = None) -> tuple[float, int]:
-            steps = [0]
+        def progress(done, total):
+            steps[0] = total
 
-            def progress(done, total):
-                steps[0] = total
+        begun = time.perf_counter()
+        model.predict(GenerationRequest(prompt=PROMPT, duration=seconds, seed=seed), output_dir=out,
+                      progress=progress)
+        return time.perf_counter() - begun, steps[0]
 
+    request(1, 0)  # first request: lazily built pieces (text encoder kernels, codec) outside the figures
+    base = None
+    for clients in [c for c in args.clients if c <= scheduler.slots] or [scheduler.slots]:
+        latencies: list[float] = []
+        steps_each: list[int] = []
+        lock = threading.Lock()
+
+        def client(index: int) -> None:
+            latency, steps = request(args.seconds, 100 * clients + index)
+            with lock:
+                latencies.append(latency)
+                steps_each.append(steps)
+
+        with Peak(torch, device, f"c{clients}"):
+            first = scheduler.steps
             begun = time.perf_counter()
-            model.predict(GenerationRequest(prompt=PROMPT, duration=seconds, seed=seed), output_dir=out,
-                          progress=progress)
-            return time.perf_counter() - begun, steps[0]
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - begun
+            shared = scheduler.steps - first
+        audio = clients * args.seconds / wall
+        base = base or audio
+        read = roofline.run_bytes(weight_bytes, shared,
+                                  [roofline.request_bytes(per_position, s, prefix, cross) for s in steps_each])
+        say(f"c{clients}.audio_s_per_s", audio)
+        say(f"c{clients}.vs_one_client", audio / base)
+        say(f"c{clients}.p50_s", statistics.median(latencies))
+        say(f"c{clients}.p95_s", sorted(latencies)[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))])
+        say(f"c{clients}.steps_per_s", shared / wall)
+        say(f"c{clients}.gb_per_s", read / wall / 1e9)
+        say(f"c{clients}.roofline", roofline.fraction(read, wall, bandwidth))
 
-        request(1, 0)  # first request: lazily built pieces (text encoder kernels, codec) outside the figures
-        base = None
-        for clients in [c for c in args.clients if c <= scheduler.slots] or [scheduler.slots]:
-            latencies: list[float] = []
-            steps_each: list[int] = []
-            lock = threading.Lock()
-
-            def client(index: int) -> None:
-                latency, steps = request(args.seconds, 100 * clients + index)
-                with lock:
-                    latencies.append(latency)
-                    steps_each.append(steps)
-
-            with Peak(torch, device, f"c{clients}"):
-                first = scheduler.steps
-                begun = time.perf_counter()
-                threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - begun
-                shared = scheduler.steps - first
-            audio = clients * args.seconds / wall
-            base = base or audio
-            read = roofline.run_bytes(weight_bytes, shared,
-                                      [roofline.request_bytes(per_position, s, prefix, cross) for s in steps_each])
-            say(f"c{clients}.audio_s_per_s", audio)
-            say(f"c{clients}.vs_one_client", audio / base)
-            say(f"c{clients}.p50_s", statistics.median(latencies))
-            say(f"c{clients}.p95_s", sorted(latencies)[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))])
-            say(f"c{clients}.steps_per_s", shared / wall)
-            say(f"c{clients}.gb_per_s", read / wall / 1e9)
-            say(f"c{clients}.roofline", roofline.fraction(read, wall, bandwidth))
-
-        if args.e2e_seconds:
-            out = work / "e2e"
-            out.mkdir()
-            with Peak(torch, device, "e2e"):
-                latency, _ = request(args.e2e_seconds, 7, out)
-            assert len(list(out.glob("*.wav"))) == 1, "the end-to-end request wrote no WAV file"
-            say("e2e_s", latency)
-            say("e2e_audio_s", args.e2e_seconds)
-        model.scheduler.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.e2e_seconds:
+        out = work / "e2e"
+        out.mkdir()
+        with Peak(torch, device, "e2e"):
+            latency, _ = request(args.e2e_seconds, 7, out)
+        assert len(list(out.glob("*.wav"))) == 1, "the end-to-end request wrote no WAV file"
+        say("e2e_s", latency)
+        say("e2e_audio_s", args.e2e_seconds)
+    model.scheduler.close()
     return 0
 
 

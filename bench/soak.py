@@ -1,15 +1,15 @@
 """Resource soak: 200 sequential predictions on a tiny random-weight checkpoint, mixing text, melody and
 continuation, through the Cog predictor (melody requests separate their stems with a random-weight HTDemucs
 bag, built here like the checkpoint). Prints RSS at the start, after the warm-up and at the end, and the
-files left in the temp directory. Fails (exit 1) when RSS grows by 5 % or more over the last 150
-predictions, or when any file is left behind.
+files left in the temp directory. Fails (exit 1) when RSS grows by 5 % or more after the warm-up (the
+first 50 predictions, or the first quarter of a shorter run: over the last 150 of 200), or when any file is
+left behind.
 
     .venv/bin/python bench/soak.py [--count 200]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.util
 import logging
@@ -23,7 +23,9 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-WARMUP = 50
+
+from musicgen_dev import bench  # noqa: E402
+WARMUP = 50  # predictions before the RSS that growth is measured from (a quarter of a shorter run)
 
 
 def rss_mib() -> float:
@@ -39,9 +41,12 @@ def leftovers(tmp: Path, before: set[str]) -> list[Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=200)
+    parser = bench.parser(__doc__)
+    parser.add_argument("--count", type=int, default=200, help="predictions to run (default: 200)")
     args = parser.parse_args()
+    if args.count < 2:
+        parser.error("--count must be 2 or more: growth is measured after a warm-up")
+    warmup = min(WARMUP, max(1, args.count // 4))
     logging.disable(logging.INFO)  # per-step progress lines would drown the report
 
     from cog import Path as CogPath
@@ -50,7 +55,7 @@ def main() -> int:
     from musicgen_dev.checkpoints import build_random_checkpoint
     from musicgen_dev.separation import build_random_stems
 
-    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    work = bench.work_dir("soak-")
     ckpt = build_random_checkpoint(work / "melody", melody=True, seed=3)
     t = np.arange(3 * 32000) / 32000
     clip = work / "clip.wav"
@@ -80,15 +85,15 @@ def main() -> int:
     for i in range(args.count):
         out = asyncio.run(predictor.predict(**{**base, **kinds[i % len(kinds)], "seed": i}))
         assert Path(out[0]).is_file()
-        if i + 1 == min(WARMUP, args.count):
+        if i + 1 == warmup:
             rss["warm"] = rss_mib()
     rss["end"] = rss_mib()
     predictor.musicgen.release_outputs()
     left = leftovers(tmp, before)
     growth = (rss["end"] - rss["warm"]) / rss["warm"] * 100
     print(f"predictions={args.count} seconds={time.monotonic() - started:.1f}")
-    print(f"rss_start_mib={rss['start']:.1f} rss_after_{WARMUP}_mib={rss['warm']:.1f} rss_end_mib={rss['end']:.1f}")
-    print(f"rss_growth_last_{args.count - WARMUP}_pct={growth:.2f} files_left={len(left)}")
+    print(f"rss_start_mib={rss['start']:.1f} rss_after_{warmup}_mib={rss['warm']:.1f} rss_end_mib={rss['end']:.1f}")
+    print(f"rss_growth_last_{args.count - warmup}_pct={growth:.2f} files_left={len(left)}")
     ok = growth < 5.0 and not left
     print("soak: OK" if ok else "soak: FAILED")
     return 0 if ok else 1

@@ -12,9 +12,7 @@ figure says nothing about quality (the raw-mix figures do not depend on it).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 
 from musicgen.engine.chroma import chroma
 from musicgen.engine.stems import StemSeparator
+from musicgen_dev import bench
 
 SR = 32000
 NOTES = [261.63, 293.66, 329.63, 349.23, 392.0, 440.0, 493.88, 523.25]
@@ -48,7 +47,7 @@ def agreement(wav: torch.Tensor, melody: torch.Tensor) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--stems-weights", type=Path, default=None, help="a real HTDemucs bag (htdemucs.yaml + safetensors)")
@@ -58,7 +57,7 @@ def main() -> int:
     if args.stems_weights is None:
         from musicgen_dev.separation import build_random_stems
 
-        directory, kind = build_random_stems(Path(tempfile.mkdtemp(prefix="stems-")) / "htdemucs", preset="full"), "random weights"
+        directory, kind = build_random_stems(bench.work_dir("stems-") / "htdemucs", preset="full"), "random weights"
     else:
         directory, kind = args.stems_weights, "real weights"
     separator = StemSeparator.load(directory, device)

@@ -8,14 +8,12 @@ with real shapes; every client sends the same kind of request (a text prompt, CF
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -23,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from musicgen_dev import bench  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -118,7 +118,7 @@ def http(checkpoint: Path, clients_list: list[int], seconds: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     parser.add_argument("--melody", action="store_true")
     parser.add_argument("--seconds", type=int, default=4)
@@ -130,7 +130,7 @@ def main() -> int:
     os.environ.setdefault("MUSICGEN_MELODY_STEMS", "0")  # text requests only: no separator needed
     from musicgen_dev.checkpoints import build_random_checkpoint
 
-    work = Path(tempfile.mkdtemp(prefix="throughput-"))
+    work = bench.work_dir("throughput-")
     checkpoint = build_random_checkpoint(work / f"musicgen-{args.preset}", melody=args.melody, preset=args.preset)
     print(f"preset={args.preset} melody={args.melody} audio per request={args.seconds}s threads={os.cpu_count()}")
     library(checkpoint, args.clients, args.seconds, args.device)

@@ -13,11 +13,13 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from musicgen_dev import bench  # noqa: E402
 
 
 def child(what: str, directory: Path) -> None:
@@ -59,7 +61,7 @@ def run(what: str, directory: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--preset", default="small", help="shapes (musicgen_dev.checkpoints presets)")
     parser.add_argument("--repo", default="facebook/musicgen-medium", help="the Hub layout to write")
     parser.add_argument("--dir", type=Path, default=None)
@@ -67,11 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.dir)
-    sys.path.insert(0, str(ROOT))
     from musicgen.manifest import VERIFIED, FileRecord, Manifest, sha256
     from musicgen_dev.checkpoints import HUB_REPOS, build_random_model, write_hub_layout
 
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="weights-bench-")) / args.repo.split("/")[1]
+    directory = args.dir or bench.work_dir("weights-bench-") / args.repo.split("/")[1]
     started = time.perf_counter()
     is_bin = HUB_REPOS[args.repo]["files"].startswith("bin")
     if (directory / "config.json").is_file():  # reuse a layout written before, as published

@@ -1,7 +1,9 @@
 """The one exception type users see.
 
-Cog shows an exception from predict() as ``<ExceptionClass>: <message>``, so every mistake a user can make is
-raised as :class:`MusicGenError` whose message is the whole user-facing sentence.
+Cog's server shows an exception from the (async) predict() as ``Prediction failed: Async prediction failed:
+<ExceptionClass>: <message>`` (docs/api.md, "Errors"), so every mistake a user can make is raised as
+:class:`MusicGenError` whose message is the whole user-facing sentence: its class name tells a client that the
+request, not the server, was at fault.
 """
 
 

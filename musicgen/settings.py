@@ -48,6 +48,15 @@ def _switch(name: str, value: str | None, default: bool | None) -> bool | None:
     return text in _TRUE
 
 
+def _concurrency(env: Mapping[str, str]) -> int | None:
+    """MUSICGEN_CONCURRENCY, else COG_MAX_CONCURRENCY; ``auto`` is the device's default whatever
+    COG_MAX_CONCURRENCY says (``make serve``: the image's predictions at once, the device's slots)."""
+    own = (env.get("MUSICGEN_CONCURRENCY") or "").strip()
+    if own.lower() == "auto":
+        return None
+    return _count("MUSICGEN_CONCURRENCY", own or env.get("COG_MAX_CONCURRENCY"))
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL  # MUSICGEN_MODEL: Hub repo id
@@ -62,6 +71,7 @@ class Settings:
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
+    metrics_host: str = "127.0.0.1"  # MUSICGEN_METRICS_HOST: the address the metrics bind (0.0.0.0: every interface)
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
 
     def __post_init__(self) -> None:
@@ -96,8 +106,9 @@ class Settings:
             offline=flag(env.get("HF_HUB_OFFLINE")),
             melody_stems=_switch("MUSICGEN_MELODY_STEMS", env.get("MUSICGEN_MELODY_STEMS"), True),
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
-            concurrency=_count("MUSICGEN_CONCURRENCY", env.get("MUSICGEN_CONCURRENCY") or env.get("COG_MAX_CONCURRENCY")),
+            concurrency=_concurrency(env),
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
+            metrics_host=(env.get("MUSICGEN_METRICS_HOST") or "").strip() or "127.0.0.1",
             server_concurrency=_count("COG_MAX_CONCURRENCY", env.get("COG_MAX_CONCURRENCY")),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

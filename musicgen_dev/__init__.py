@@ -1,2 +1,3 @@
 """Development tools of musicgen-cog, not used at run time: random-weight checkpoints for tests and
-benchmarks (``checkpoints``) and the Cog OpenAPI schema written from predict.py (``cog_schema``)."""
+benchmarks (``checkpoints``), the Cog OpenAPI schema written from predict.py (``cog_schema``) and Cog's server
+started as ``make serve`` starts it (``serve``)."""

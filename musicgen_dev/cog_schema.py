@@ -69,7 +69,8 @@ def _input_schema(info) -> tuple[dict, dict]:
             typed = {key: prop.pop(key) for key in list(prop) if key in _VALUE_KEYWORDS}
             prop["anyOf"] = [typed, {"enum": [None], "nullable": True}]
         properties[field.name] = prop
-    schema = {"title": "Input", "type": "object", "properties": properties}
+    # an input the predictor does not have (a misspelt name) is refused with 422 naming it, not ignored
+    schema = {"title": "Input", "type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = required
     return schema, enums

@@ -44,7 +44,9 @@ def request(method: str, url: str, body: dict | None = None, headers: dict | Non
 class CogServer:
     """``python -m cog.server.http`` on 127.0.0.1 with predict.py, as Cog runs it in the container."""
 
-    def __init__(self, weights: Path | str, upload_url: str | None = None, extra_env: dict | None = None):
+    def __init__(self, weights: Path | str, upload_url: str | None = None, extra_env: dict | None = None,
+                 make_serve: bool = False):
+        """``make_serve``: start it as `make serve` does (``python -m musicgen_dev.serve``), not bare."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         bin_dir = str(Path(sys.executable).parent)  # coglet's worker runs the first `python` on PATH
@@ -52,7 +54,8 @@ class CogServer:
                "COG_PREDICT_TYPE_STUB": "predict.py:Predictor", "PORT": str(self.port),
                "MUSICGEN_WEIGHTS": str(weights), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                **(extra_env or {})}
-        args = [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
+        args = ([sys.executable, "-m", "musicgen_dev.serve"] if make_serve else
+                [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"])
         if upload_url:
             args += ["--upload-url", upload_url]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"cog-server-{self.port}.log"

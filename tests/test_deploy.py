@@ -68,6 +68,7 @@ def test_the_manifests_agree_with_cog_yaml_and_each_other():
     assert target["metric"]["name"] == "musicgen_requests_in_flight"
     assert int(target["target"]["averageValue"]) == cog["concurrency"]["default_target"] < cog["concurrency"]["max"]
     assert int(env["MUSICGEN_METRICS_PORT"]) == ports["metrics"]
+    assert env["MUSICGEN_METRICS_HOST"] == "0.0.0.0"  # Prometheus scrapes the pod's address (127.0.0.1 by default)
     assert ports["http"] == 5000  # where Cog's server listens in the image
     services = {doc["metadata"]["name"]: doc["spec"] for _, doc in _documents() if doc["kind"] == "Service"}
     assert services["musicgen"]["type"] == "ClusterIP"

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SR, in_threads, readme_block, tone
-from http_helpers import ROOT, CogServer, Receiver, request
+from http_helpers import ROOT, CogServer, Receiver, free_port, request
 
 
 def wav_bytes(data: np.ndarray, sr: int = SR) -> bytes:
@@ -50,7 +50,7 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def server(checkpoints):
-    s = CogServer(checkpoints["melody"])
+    s = CogServer(checkpoints["melody"], extra_env={"MUSICGEN_METRICS_PORT": str(free_port())})
     try:
         s.wait_health()
         yield s
@@ -211,6 +211,46 @@ def test_user_errors_fail_with_one_sentence_and_server_stays_ready(server, input
     assert body["status"] == "succeeded", body
 
 
+def _listening(port: int) -> list[str]:
+    """The local addresses (IPv4 hex, as /proc/net/tcp writes them) listening on ``port``."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return [row[1].split(":")[0] for row in rows if int(row[1].split(":")[1], 16) == port and row[3] == "0A"]
+
+
+def _failed_total(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith('musicgen_requests_total{outcome="failed"}'))
+
+
+def test_what_a_client_sees_of_typos_and_refused_inputs_and_what_the_metrics_count(server):
+    """docs/api.md, "Errors": a misspelt input is dropped by Cog's server (logged, the defaults run); a refused
+    input's `error` is Cog's prefix and our one sentence; every refusal that reaches the predictor is counted
+    as failed, and the metrics listen on loopback only."""
+    port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", server.log_path.read_text()).group(1))
+    assert _listening(port) == ["0100007F"]  # 127.0.0.1, no other interface
+    before = _failed_total(port)
+    status, body = server.predict({"durration": 2, "seed": 1})
+    assert status == 200 and body["status"] == "succeeded", body
+    assert decode_output(body["output"][0])[0].shape == (1, 8 * SR)  # the default duration ran
+    assert re.search(r"Stripped unknown input fields.*durration", server.log_path.read_text())
+    refused = [
+        ({"continuation": True, "duration": 1},  # refused as the request is built
+         "continuation=true needs input_audio: upload the clip to continue, or set continuation=false."),
+        ({"continuation": True, "continuation_start": 3, "continuation_end": 2, "duration": 1,
+          "input_audio": data_uri(wav_bytes(tone([440.0], 4.0)))},
+         "continuation_end (2 s) must be after continuation_start (3 s); use -1 for the end of the clip."),
+        ({"continuation": True, "duration": 1, "input_audio": data_uri(b"definitely not audio\n" * 50, "text/plain")},
+         "input_audio could not be decoded as audio; upload a complete wav, mp3, flac, ogg/vorbis, opus, m4a/aac "
+         "or aiff file."),  # refused while it runs
+    ]
+    for inputs, sentence in refused:
+        status, body = server.predict(inputs)
+        assert status == 200 and body["status"] == "failed", body
+        assert body["error"] == "Prediction failed: Async prediction failed: MusicGenError: " + sentence
+    assert _failed_total(port) - before == len(refused)
+
+
 def test_explicit_null_means_not_given(server):
     nulls = {"prompt": None, "input_audio": None, "continuation_end": None, "seed": None}
     status, body = server.predict({**nulls, "duration": 1})
@@ -344,6 +384,25 @@ def test_second_concurrent_request_gets_409(server):
     status, body = results["first"]
     assert status == 200 and body["status"] == "succeeded", body
     assert decode_output(body["output"][0])[0].shape == (1, 30 * SR)
+
+
+def test_make_serve_takes_the_images_concurrency_and_writes_readable_logs(checkpoints):
+    """`make serve` (scripts/serve.sh runs musicgen_dev.serve): as many predictions at once as the image
+    (cog.yaml's concurrency.max), decoded in the device's slots (2 on a CPU), and one readable line per log
+    event, not JSON (docs/deployment.md, "The HTTP server")."""
+    s = CogServer(checkpoints["plain"], make_serve=True)
+    try:
+        health = s.wait_health()
+        assert health["status"] == "READY", s.logs()
+        results = in_threads(lambda i: s.predict({"prompt": "duet", "duration": 2, "seed": i}, retries_409=0), 3)
+        assert [(status, body["status"]) for status, body in results] == [(200, "succeeded")] * 3, results
+        log = s.log_path.read_text(errors="replace")
+        assert "up to 8 predictions at once (COG_MAX_CONCURRENCY)" in log and "decoding up to 2 request(s) at once" in log
+        assert "Server ready" in log and "generated 2.00 s of audio" in log
+        assert not [line for line in log.splitlines() if line.startswith("{")], log[-2000:]
+        assert "\x1b[" not in log  # no terminal colours in a file
+    finally:
+        s.stop()
 
 
 # ---------------------------------------------------------------- uploads

@@ -315,6 +315,25 @@ def test_settings_are_read_once_from_the_environment():
     assert Settings.from_env(env, precision="int8", device=None).precision == "int8"  # overrides; None keeps
 
 
+def test_metrics_listen_on_loopback_unless_told_and_make_serve_takes_the_images_concurrency():
+    import torch
+
+    from musicgen.settings import Settings
+    from musicgen_dev.serve import image_concurrency, server_env
+
+    assert Settings.from_env({}).metrics_host == "127.0.0.1"
+    assert Settings.from_env({"MUSICGEN_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    cpu = torch.device("cpu")
+    # the image: the model's slots follow COG_MAX_CONCURRENCY; `auto` keeps the device's own
+    assert Settings.from_env({"COG_MAX_CONCURRENCY": "8"}).slots(cpu) == 8
+    assert Settings.from_env({"COG_MAX_CONCURRENCY": "8", "MUSICGEN_CONCURRENCY": "auto"}).slots(cpu) == 2
+    assert Settings.from_env({"COG_MAX_CONCURRENCY": "8", "MUSICGEN_CONCURRENCY": "3"}).slots(cpu) == 3
+    env = server_env({"PATH": "/usr/bin"})
+    assert image_concurrency() == 8 and env["COG_MAX_CONCURRENCY"] == "8" and env["MUSICGEN_CONCURRENCY"] == "auto"
+    assert env["LOG_FORMAT"] == "console" and server_env({"LOG_FORMAT": "json"})["LOG_FORMAT"] == "json"
+    assert server_env({"COG_MAX_CONCURRENCY": "2"})["COG_MAX_CONCURRENCY"] == "2"
+
+
 def test_compiling_takes_the_fixed_shape_step_and_never_the_segments_one():
     import torch
 
@@ -410,6 +429,8 @@ def test_openapi_input_schema_accepts_null_and_integral_numbers_as_json_schema()
     for bad in ({"duration": 2.5}, {"duration": None}, {"seed": -2}, {"seed": "1"}, {"top_p": 1.5},
                 {"normalization_strategy": "loud"}, {"input_audio": 5}):
         assert list(validator.iter_errors(bad)), bad
+    # a misspelt input is refused by the schema, naming it (Cog's server strips it first: tests/test_http.py)
+    assert ["'durration' was unexpected" in e.message for e in validator.iter_errors({"durration": 2})] == [True]
 
 
 # ---------------------------------------------------------------- the package's layers
@@ -447,3 +468,19 @@ def test_the_packages_import_only_downward():
             if target in entry or any(target == f or target.startswith(f + ".") for f in forbidden):
                 offenders.append(f"{name} -> {target}")
     assert offenders == []
+
+
+# ---------------------------------------------------------------- benches
+def test_benches_show_their_whole_description_and_the_soak_cleans_up_after_a_short_run(tmp_path):
+    """A bench's --help is its whole docstring (it was cut mid-sentence); a soak shorter than its warm-up names
+    the predictions it measured; and a bench leaves no scratch directory behind (musicgen_dev.bench)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for bench, last_line in (("soak", "bench/soak.py [--count 200]"), ("throughput", "[--clients 1 2 4 8] [--http]")):
+        done = subprocess.run([sys.executable, f"bench/{bench}.py", "--help"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and last_line in done.stdout, done.stdout + done.stderr
+    done = subprocess.run([sys.executable, "bench/soak.py", "--count", "4"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "rss_growth_last_3_pct=" in done.stdout and "files_left=0" in done.stdout, done.stdout + done.stderr
+    assert done.returncode in (0, 1)  # 4 predictions are too few for the 5 % growth gate to mean anything
+    assert not list(tmp_path.glob("soak-*"))

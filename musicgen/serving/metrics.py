@@ -1,12 +1,14 @@
 """Prometheus metrics of a serving process (``MUSICGEN_METRICS_PORT``): what an autoscaler needs.
 
 Cog's own ``/health-check`` says only READY or BUSY; scaling on load needs how many predictions are running,
-so the predictor serves, on its own port (``GET /metrics``, Prometheus' text format, ``prometheus-client``):
+so the predictor serves, on its own port (``GET /metrics``, Prometheus' text format, ``prometheus-client``;
+on 127.0.0.1 unless ``MUSICGEN_METRICS_HOST`` says otherwise):
 
 - ``musicgen_requests_in_flight`` — predictions running now (decoding, or waiting for a slot);
 - ``musicgen_slots`` — requests the model decodes at once;
-- ``musicgen_requests_total{outcome}`` — finished predictions: ``succeeded``, ``failed`` (a bad input or an
-  error), ``canceled``;
+- ``musicgen_requests_total{outcome}`` — finished predictions: ``succeeded``, ``failed`` (a bad input, refused
+  before or while it runs, or an error), ``canceled``; requests that Cog's server refuses itself (422, 409)
+  or fails before predict() runs (an ``input_audio`` it cannot download) are not counted;
 - ``musicgen_audio_seconds_total`` — seconds of music generated;
 - on a GPU, the memory plan the slots come from (``musicgen.serving.memory``): ``musicgen_memory_bytes{part}``
   (``free`` to this process, weights included; ``weights``, ``kv_cache``, ``headroom``) and
@@ -63,9 +65,17 @@ def generated(seconds: float) -> None:
     AUDIO_SECONDS.inc(seconds)
 
 
-def serve(port: int, slots: int, plan=None, host: str = "0.0.0.0") -> None:
-    """Serve /metrics on ``port`` (once per process; a second call for the same port does nothing), with the
-    slots and, on a GPU, the memory ``plan`` (``musicgen.serving.memory.MemoryPlan``) they come from."""
+def refused() -> None:
+    """Count a prediction whose inputs were refused before it could start (a ``failed`` outcome, as a refusal
+    while it runs is)."""
+    REQUESTS.labels("failed").inc()
+
+
+def serve(port: int, slots: int, plan=None, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``host``:``port`` (once per process; a second call for the same port does nothing),
+    with the slots and, on a GPU, the memory ``plan`` (``musicgen.serving.memory.MemoryPlan``) they come
+    from. ``host`` is loopback unless told otherwise (MUSICGEN_METRICS_HOST; 0.0.0.0 for a scraper on
+    another machine, as in deploy/kubernetes)."""
     SLOTS.set(slots)
     if plan is not None:
         for part in ("free", "weights", "kv_cache", "headroom"):

@@ -197,10 +197,21 @@ class MusicGen:
         return result
 
     def serve_metrics(self, settings: Settings | None = None) -> None:
-        """Serve Prometheus metrics (:mod:`musicgen.serving.metrics`) when MUSICGEN_METRICS_PORT is set."""
-        port = (settings or Settings.from_env()).metrics_port
-        if port:
-            metrics.serve(port, self.scheduler.slots, self.memory_plan)
+        """Serve Prometheus metrics (:mod:`musicgen.serving.metrics`) when MUSICGEN_METRICS_PORT is set, on
+        MUSICGEN_METRICS_HOST (127.0.0.1 unless set)."""
+        settings = settings or Settings.from_env()
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port, self.scheduler.slots, self.memory_plan, settings.metrics_host)
+
+    @staticmethod
+    def request(**inputs) -> GenerationRequest:
+        """The :class:`GenerationRequest` of a server's inputs; inputs refused here count as a failed
+        prediction in the metrics, as those refused while it runs do."""
+        try:
+            return GenerationRequest(**inputs)
+        except MusicGenError:
+            metrics.refused()
+            raise
 
     def _predict(self, req: GenerationRequest, output_dir: str | Path | None, progress: Progress | None,
                  on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:
