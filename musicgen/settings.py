@@ -4,6 +4,7 @@ device and precision it resolves to on this machine."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,12 +22,22 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
 STEPS = ("auto", "fixed", "segments")
 _TRUE = {"1", "true", "yes", "on"}
+# a Hugging Face Hub repository id: [owner/]name of letters, digits, '-', '_' and '.'
+_REPO_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 _FALSE = {"0", "false", "no", "off"}
 
 
 def flag(value: str | None) -> bool:
     """A boolean setting: 1/true/yes/on (any case) is true, anything else false."""
     return (value or "").strip().lower() in _TRUE
+
+
+def repo_id_problem(value: str, name: str = "MUSICGEN_MODEL") -> str | None:
+    """The sentence refusing ``value`` as a Hub repository id given as ``name``; None when it is one."""
+    if _REPO_ID.fullmatch(value) and ".." not in value and "--" not in value:
+        return None
+    return (f"{name} must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', '.'), "
+            f"such as facebook/musicgen-small, got {value!r}.")
 
 
 def _count(name: str, value: str | None) -> int | None:
@@ -65,6 +76,8 @@ class Settings:
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
 
     def __post_init__(self) -> None:
+        if problem := repo_id_problem(self.model):
+            raise MusicGenError(problem)
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise MusicGenError(f"MUSICGEN_METRICS_PORT must be a port number (1-65535), got {self.metrics_port}.")
         if self.device not in DEVICES:

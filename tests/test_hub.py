@@ -253,7 +253,9 @@ def test_a_directory_given_without_manifest_is_used_unverified(published, tmp_pa
     caplog.set_level(logging.INFO, logger="musicgen.hub")
     service = MusicGen.load(settings=_offline(directory))
     assert service.engine.channels == 1
-    assert f"using {directory} as given: it has no musicgen-manifest.json, so its files were not verified" in caplog.text
+    # no repository is named: the directory's files are not from one this project knows
+    assert (f"using {directory} as given: it has no musicgen-manifest.json (not downloaded by this project), so its "
+            "files were not verified\n") in caplog.text
     proc = subprocess.run([sys.executable, "-m", "musicgen.hub", "--verify", str(directory)], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "has no manifest" in proc.stdout
@@ -265,10 +267,12 @@ def test_a_partial_directory_names_the_missing_files_and_its_repository(publishe
     (directory / "pytorch_model-00002-of-00002.bin").unlink()
     with pytest.raises(WeightsNotFoundError) as refused:
         MusicGen.load(settings=_offline(directory, repo))
+    # not this project's download: never repaired in place, so the sentence does not offer `make weights` into it
     assert str(refused.value) == (
-        f"The MusicGen checkpoint for {repo} in {directory} is not usable (pytorch_model-00002-of-00002.bin is "
-        f"missing) and HF_HUB_OFFLINE is set: run `make weights MODEL={repo}` (python -m musicgen.hub {repo}) "
-        "where the Hugging Face Hub is reachable to repair it.")
+        f"{directory} holds a musicgen checkpoint without musicgen-manifest.json (not downloaded by this project) "
+        "that is not a usable MusicGen checkpoint (pytorch_model-00002-of-00002.bin is missing), and it is left as "
+        "it is: point --weights (MUSICGEN_WEIGHTS) at a complete MusicGen checkpoint, or at a new directory to have "
+        f"{repo} downloaded there.")
 
 
 def test_a_pinned_revision_is_downloaded_recorded_and_required(published, tmp_path):
@@ -288,3 +292,49 @@ def test_a_pinned_revision_is_downloaded_recorded_and_required(published, tmp_pa
                                                     revision=commit)).engine.channels == 2
     with pytest.raises(WeightsNotFoundError, match=rf"it holds {commit} \({commit[:12]}\), not MUSICGEN_REVISION=v2"):
         MusicGen.load(settings=Settings.from_env(device="cpu", weights=directory, offline=True, revision="v2"))
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of ``directory`` (recursively) with its bytes and modification time."""
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_directory_holding_someone_elses_checkpoint_is_never_downloaded_into(published, tmp_path):
+    melody, small, stereo = "facebook/musicgen-melody", "facebook/musicgen-small", "facebook/musicgen-stereo-small"
+    mine = shutil.copytree(published[small][0], tmp_path / "mine")  # a user's text checkpoint, no manifest
+    for weights in [*mine.glob("*.safetensors"), *mine.glob("*.bin")]:  # incomplete: a start would want to repair it
+        weights.unlink()
+    before = _snapshot(mine)
+    with HubStandIn({repo: published[repo][0] for repo in (melody, small, stereo)}) as hub:
+        proc = _hub_cli(hub, tmp_path, MUSICGEN_WEIGHTS=str(mine))  # what `make weights` runs, the README's setting
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"error: {mine} (MUSICGEN_WEIGHTS) already holds a musicgen checkpoint without musicgen-manifest.json "
+            f"(not downloaded by this project), not {melody}, so nothing was downloaded: pass --replace "
+            f"(`python -m musicgen.hub {melody} --replace`) to download {melody} over its files, or choose an empty "
+            "directory with --dir.")
+        out = tmp_path / "song.wav"
+        proc = _generate(hub, tmp_path, mine, out, offline=False)  # a start that may download does not either
+        assert proc.returncode != 0 and not out.exists()
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: {mine} holds a musicgen checkpoint without musicgen-manifest.json "
+            f"(not downloaded by this project) that is not a usable MusicGen checkpoint (model.safetensors (or "
+            f"pytorch_model.bin) is missing), and it is left as it is: point --weights (MUSICGEN_WEIGHTS) at a "
+            f"complete MusicGen checkpoint, or at a new directory to have {melody} downloaded there.")
+        assert _snapshot(mine) == before and not any("/resolve/" in path for _, path, _ in hub.requests)
+
+        ours = tmp_path / "ours"  # this project's download of another repository
+        assert _hub_cli(hub, tmp_path, small, "--dir", str(ours)).returncode == 0
+        kept = _snapshot(ours)
+        proc = _hub_cli(hub, tmp_path, stereo, "--dir", str(ours))
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            f"error: {ours} (--dir) already holds {small} downloaded by this project, not {stereo}, so nothing was "
+            f"downloaded: pass --replace (`python -m musicgen.hub {stereo} --replace`) to download {stereo} over "
+            "its files, or choose an empty directory with --dir.")
+        assert _snapshot(ours) == kept
+        assert _hub_cli(hub, tmp_path, small, "--dir", str(ours)).returncode == 0  # the same one: repaired, kept
+        proc = _hub_cli(hub, tmp_path, stereo, "--dir", str(ours), "--replace")  # asked for: replaced
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((ours / MANIFEST).read_text())["repo"] == stereo
+    assert MusicGen.load(ours, device="cpu").engine.channels == 2
