@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", type=Path, metavar="DIR", default=None,
                         help="check every file in DIR against its manifest (sizes and hashes), download nothing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("musicgen").setLevel(logging.INFO)  # our progress lines, not every HTTP request's
     problem = None if args.stems else repo_id_problem(args.model, "MODEL")  # MUSICGEN_MODEL's: checked above
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -338,3 +338,66 @@ def test_a_directory_holding_someone_elses_checkpoint_is_never_downloaded_into(p
         assert proc.returncode == 0, proc.stderr
         assert json.loads((ours / MANIFEST).read_text())["repo"] == stereo
     assert MusicGen.load(ours, device="cpu").engine.channels == 2
+
+
+def test_a_stems_folder_given_as_the_checkpoint_says_so(stems_weights, tmp_path):
+    bag = tmp_path / "htdemucs"
+    with HubStandIn({"adefossez/HTDemucs": stems_weights}) as hub:
+        proc = _hub_cli(hub, tmp_path, "--stems", "--dir", str(bag))
+        assert proc.returncode == 0, proc.stderr
+        out = tmp_path / "song.wav"
+        for folder in (bag, stems_weights):  # this project's download of the bag, and one without manifest
+            proc = _generate(hub, tmp_path, folder, out, offline=False)
+            assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
+            assert proc.stderr.strip().splitlines()[-1] == (
+                f"error: {folder} is the folder of the htdemucs stem separation bag (adefossez/HTDemucs, the one "
+                "MUSICGEN_STEMS_WEIGHTS is for), not a MusicGen checkpoint: point --weights (MUSICGEN_WEIGHTS) at "
+                f"the checkpoint's own folder, {ROOT / 'weights' / 'musicgen-melody'} by default, where "
+                "`make weights MODEL=facebook/musicgen-melody` puts it.")
+        assert not (bag / "config.json").exists() and not (stems_weights / "config.json").exists()
+        # --verify checks the bag as a bag: what it did, not what a download did, and no musicgen-melody advice
+        proc = _hub_cli(hub, tmp_path, "--verify", str(bag))
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert lines[0] == f"adefossez/HTDemucs at main (commit {hub.commit('adefossez/HTDemucs')}) in {bag}: verified"
+        size = sum(p.stat().st_size for p in stems_weights.iterdir())
+        assert lines[-1] == f"  verified: 2 files, {size / 1e6:.2f} MB, every size and hash as recorded"
+        assert "downloaded" not in proc.stdout
+        proc = _hub_cli(hub, tmp_path, "--verify", str(stems_weights))
+        assert proc.returncode == 0 and proc.stdout.strip() == (
+            f"{stems_weights} has no manifest (not downloaded by this project): the htdemucs stem separation bag's "
+            "files are all there, but there is nothing to check their hashes against.")
+        (bag / "htdemucs.yaml").unlink()
+        proc = _hub_cli(hub, tmp_path, "--verify", str(bag))
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            f"error: The htdemucs stem separation bag for adefossez/HTDemucs in {bag} failed verification "
+            "(htdemucs.yaml is missing): run `make weights` (python -m musicgen.hub --stems) where the Hugging Face "
+            "Hub is reachable to repair it.")
+
+
+def test_an_unknown_or_invalid_repository_is_refused_in_one_sentence(published, tmp_path):
+    repo = "facebook/musicgen-small"
+    target = tmp_path / "weights" / "nothing"
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        proc = _hub_cli(hub, tmp_path, "facebook/musicgen-nothing", "--dir", str(target))
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"error: could not download facebook/musicgen-nothing into {target}: there is no repository "
+            f"facebook/musicgen-nothing on the Hugging Face Hub ({hub.url}) that can be read (a private one needs "
+            "HF_TOKEN).")
+        assert not (tmp_path / "weights").exists()  # nothing left behind
+        asked = len(hub.requests)
+        proc = _hub_cli(hub, tmp_path, MUSICGEN_MODEL="not a repo")
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            "error: MUSICGEN_MODEL must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', "
+            "'.'), such as facebook/musicgen-small, got 'not a repo'.")
+        proc = _hub_cli(hub, tmp_path, "not a repo")
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            "error: MODEL must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', '.'), "
+            "such as facebook/musicgen-small, got 'not a repo'.")
+        out = tmp_path / "song.wav"
+        proc = _generate(hub, tmp_path, tmp_path / "w", out, offline=False, model="not a repo")
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+            "error: MUSICGEN_MODEL must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', "
+            "'.'), such as facebook/musicgen-small, got 'not a repo'.")
+        assert len(hub.requests) == asked and not (tmp_path / "w").exists()  # refused before asking the Hub
