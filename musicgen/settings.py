@@ -74,6 +74,7 @@ class Settings:
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
+    cache: Path | None = None  # MUSICGEN_CACHE: where .bin checkpoints not downloaded here are converted
 
     def __post_init__(self) -> None:
         if problem := repo_id_problem(self.model):
@@ -112,6 +113,8 @@ class Settings:
             concurrency=_count("MUSICGEN_CONCURRENCY", env.get("MUSICGEN_CONCURRENCY") or env.get("COG_MAX_CONCURRENCY")),
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
             server_concurrency=_count("COG_MAX_CONCURRENCY", env.get("COG_MAX_CONCURRENCY")),
+            cache=Path(env["MUSICGEN_CACHE"]).expanduser() if env.get("MUSICGEN_CACHE") else (
+                Path(env["XDG_CACHE_HOME"]).expanduser() / "musicgen" if env.get("XDG_CACHE_HOME") else None),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -119,6 +122,13 @@ class Settings:
     def weights_dir(self) -> Path:
         """Where the checkpoint lives: MUSICGEN_WEIGHTS, else weights/<name of the model>."""
         return self.weights if self.weights is not None else weights_dir_for(self.model)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where a ``.bin`` checkpoint that this project did not download is converted to safetensors (once;
+        its own directory is never written to): MUSICGEN_CACHE, else $XDG_CACHE_HOME/musicgen, else
+        ~/.cache/musicgen."""
+        return self.cache if self.cache is not None else Path.home() / ".cache" / "musicgen"
 
     @property
     def stems_dir(self) -> Path:

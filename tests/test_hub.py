@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,9 @@ def _stored(model, fp16: bool) -> dict[str, torch.Tensor]:
 def test_each_published_layout_is_mapped_with_its_exact_tensors(published, repo, tmp_path, caplog):
     source, model = published[repo]
     directory = shutil.copytree(source, tmp_path / "ckpt")
+    before, cache = _snapshot(directory), tmp_path / "cache"
     caplog.set_level(logging.INFO)
-    loaded, _ = load(directory, torch.device("cpu"))
+    loaded, _ = load(directory, torch.device("cpu"), cache=cache)
     # the fast path took it: a fallback to from_pretrained logs "with transformers" and no "mapped" line
     assert "mapped ckpt from " in caplog.text and "with transformers" not in caplog.text
     expected = _stored(model, HUB_REPOS[repo]["fp16"])
@@ -81,11 +83,17 @@ def test_each_published_layout_is_mapped_with_its_exact_tensors(published, repo,
     assert all(torch.equal(ours[k], expected[k]) for k in expected)
     positions = dict(loaded.named_buffers())["decoder.model.decoder.embed_positions.weights"]
     assert torch.equal(positions, model.decoder.model.decoder.embed_positions.weights)
-    if HUB_REPOS[repo]["files"].startswith("bin"):  # converted once: the next start maps the safetensors file
-        assert (directory / "model.safetensors").is_file()
+    assert _snapshot(directory) == before  # the checkpoint's directory is never written to
+    converted = sorted(cache.rglob("*.safetensors"))
+    if HUB_REPOS[repo]["files"].startswith("bin"):  # converted once, in the cache: the next start maps it
+        assert len(converted) == 1 and converted[0].parent.name.startswith("ckpt-")
+        assert f"to {converted[0]} in " in caplog.text
         caplog.clear()
-        load(directory, torch.device("cpu"))
+        load(directory, torch.device("cpu"), cache=cache)
         assert "converted" not in caplog.text and "mapped ckpt from model.safetensors" in caplog.text
+        assert _snapshot(directory) == before
+    else:
+        assert converted == []
 
 
 def _env(hub: HubStandIn, tmp_path: Path, **extra) -> dict:
@@ -250,9 +258,13 @@ def test_a_file_damaged_after_a_good_download_is_refused_or_repaired(published, 
 def test_a_directory_given_without_manifest_is_used_unverified(published, tmp_path, caplog):
     repo = "facebook/musicgen-medium"  # pytorch_model.bin only
     directory = shutil.copytree(published[repo][0], tmp_path / "mine")
-    caplog.set_level(logging.INFO, logger="musicgen.hub")
-    service = MusicGen.load(settings=_offline(directory))
+    before = _snapshot(directory)
+    caplog.set_level(logging.INFO, logger="musicgen")
+    cache = tmp_path / "cache"
+    service = MusicGen.load(settings=replace(_offline(directory), cache=cache))
     assert service.engine.channels == 1
+    # its .bin is converted into the cache (MUSICGEN_CACHE), never beside the user's files
+    assert _snapshot(directory) == before and len(list(cache.glob("converted/mine-*/model.safetensors"))) == 1
     # no repository is named: the directory's files are not from one this project knows
     assert (f"using {directory} as given: it has no musicgen-manifest.json (not downloaded by this project), so its "
             "files were not verified\n") in caplog.text
