@@ -77,7 +77,7 @@ def holding(directory: Path) -> str | None:
         if manifest.repo == STEMS.repo:
             return f"the {STEMS.what} ({STEMS.repo}) downloaded by this project"
         return f"{manifest.repo or 'a download whose manifest cannot be read'} downloaded by this project"
-    if stems.has_weights(directory) and not (directory / layout.CONFIG).is_file():
+    if weights_in(directory, None) is STEMS:
         return f"an {STEMS.what} without {NAME} (not downloaded by this project)"
     if (directory / layout.CONFIG).is_file():
         try:
