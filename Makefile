@@ -11,7 +11,7 @@ predict:
 test:
 	bash scripts/test.sh
 weights: venv
-	.venv/bin/python -m musicgen.hub $(MODEL)
+	.venv/bin/python -m musicgen.hub "$(MODEL)"
 	.venv/bin/python -m musicgen.hub --stems
 serve:
 	bash scripts/serve.sh

@@ -1,8 +1,9 @@
 """Weights on disk at real size: a random-weight checkpoint of the given shapes written as a Hub repository
 publishes it (``--repo``: its files, key names and storage dtype), then, each in a fresh process, what a
-start costs: the first load of a ``.bin`` checkpoint (converted once to safetensors, then mapped), a later
-load (mapped), transformers' ``from_pretrained`` on the same files for reference, the cheap check every start
-runs (manifest, sizes) and the full hash check (download and ``--verify``).
+start costs: the first load of a ``.bin`` checkpoint (converted once to safetensors in the conversion cache,
+here ``cache/`` beside DIR, then mapped), a later load (mapped), transformers' ``from_pretrained`` on the same
+files for reference, the cheap check every start runs (manifest, sizes) and the full hash check (download and
+``--verify``).
 
     .venv/bin/python bench/weights.py [--preset small] [--repo facebook/musicgen-medium] [--dir DIR]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +39,7 @@ def child(what: str, directory: Path) -> None:
 
     started = time.perf_counter()
     if what == "load":
-        loading.load(directory, torch.device("cpu"))
+        loading.load(directory, torch.device("cpu"), cache=directory.parent / "cache")
     elif what == "from_pretrained":
         from transformers import MusicgenForConditionalGeneration
 
@@ -76,6 +78,7 @@ def main() -> None:
     started = time.perf_counter()
     is_bin = HUB_REPOS[args.repo]["files"].startswith("bin")
     if (directory / "config.json").is_file():  # reuse a layout written before, as published
+        shutil.rmtree(directory.parent / "cache", ignore_errors=True)  # its conversion too: converted anew
         for name in ("model.safetensors", "musicgen-manifest.json"):
             if is_bin or name != "model.safetensors":
                 (directory / name).unlink(missing_ok=True)

@@ -6,9 +6,10 @@
 SRC is the directory holding ``state_dict.bin`` (the language model). An audiocraft checkpoint holds no
 text encoder and fine-tuning keeps the 32 kHz EnCodec frozen, so the T5 encoder, tokenizer and codec come
 from BASE: a transformers checkpoint of the same family (plain or melody, same size and channels) that the
-model was fine-tuned from. Key names are mapped (``transformer.layers.N.linear1`` -> ``fc1``, ...), fused
-q/k/v projections are split, and every tensor's shape is checked; anything unexpected is refused with one
-sentence. Files are read with ``torch.load(weights_only=True)``: no pickled code runs.
+model was fine-tuned from. DST must be new or empty (``--replace`` writes over what it holds). Key names are
+mapped (``transformer.layers.N.linear1`` -> ``fc1``, ...), fused q/k/v projections are split, and every tensor's
+shape is checked; anything unexpected is refused with one sentence. Files are read with
+``torch.load(weights_only=True)``: no pickled code runs.
 """
 
 from __future__ import annotations
@@ -100,12 +101,18 @@ def map_state_dict(state: dict[str, torch.Tensor], hidden: int) -> dict[str, tor
     return out
 
 
-def convert(src: Path, dst: Path, base: Path) -> Path:
+def convert(src: Path, dst: Path, base: Path, replace: bool = False) -> Path:
     """Write a transformers-format checkpoint to ``dst``: BASE's text encoder, tokenizer and codec with the
-    language model of the audiocraft checkpoint in ``src``."""
+    language model of the audiocraft checkpoint in ``src``. A ``dst`` that already holds files is refused, before
+    anything is read or written, unless ``replace`` is given."""
     from musicgen.engine.layout import is_checkpoint
     from musicgen.engine.loading import load
+    from musicgen.hub import holding
 
+    holds = holding(dst)
+    if holds is not None and not replace:
+        raise MusicGenError(f"DST {dst} already holds {holds}: give a new or empty output directory, or pass "
+                            "--replace to write the converted checkpoint over its files.")
     if not is_checkpoint(base):
         raise MusicGenError(f"--base {base} is not a transformers MusicGen checkpoint (config.json + safetensors or .bin weights).")
     model, tokenizer = load(base, torch.device("cpu"))
@@ -141,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dst", type=Path, help="output directory (transformers format)")
     parser.add_argument("--base", type=Path, required=True,
                         help="transformers checkpoint the model was fine-tuned from (text encoder, tokenizer, codec)")
+    parser.add_argument("--replace", action="store_true",
+                        help="write into DST even when it already holds files (those of the same names are "
+                             "overwritten); without it such a DST is refused and left as it is")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        print(convert(args.src, args.dst, args.base))
+        print(convert(args.src, args.dst, args.base, replace=args.replace))
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,11 +8,14 @@ list; partial files resume), checks every file's size and hash against the Hub's
 directory's manifest (``musicgen.manifest``). A directory the project downloaded is used only once its manifest
 says it verified and every file has its recorded size; otherwise the next start repairs it (downloading
 allowed) or refuses with one sentence naming the repository, the files and the command. A directory without a
-manifest (one a user provides) is used as given, with one log line saying it was not verified.
+manifest (one a user provides) is used as given, with one log line saying it was not verified, and is never written
+to: nothing is downloaded into a directory that holds files but no manifest of this project for the same
+repository (``python -m musicgen.hub --replace`` asks for it).
 
 From the command line: ``python -m musicgen.hub [MODEL] [--dir DIR] [--revision REV]`` fetches a checkpoint,
 ``python -m musicgen.hub --stems`` the HTDemucs bag (``make weights`` runs both), and
-``python -m musicgen.hub --verify DIR`` checks a directory's files against its manifest.
+``python -m musicgen.hub --verify DIR`` checks a directory's files against its manifest. A target directory that
+holds someone else's files is refused unless ``--replace`` is given.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from musicgen.engine import layout, stems
-from musicgen.errors import WeightsNotFoundError
-from musicgen.manifest import DOWNLOADING, FAILED, VERIFIED, VERIFYING, FileRecord, Manifest
-from musicgen.settings import Settings
+from musicgen.errors import MusicGenError, WeightsNotFoundError
+from musicgen.manifest import DOWNLOADING, FAILED, NAME, VERIFIED, VERIFYING, FileRecord, Manifest
+from musicgen.settings import Settings, repo_id_problem, weights_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +48,81 @@ class Weights:
     missing: Callable[[Path], list[str]]
     command: str
     module_command: str
+    setting: str  # where a user names the directory
     convert_bin: bool = False  # a .bin checkpoint is converted to safetensors once verified
 
 
 def checkpoint(model: str) -> Weights:
     return Weights("MusicGen checkpoint", model, lambda names, read: layout.choose(names, read, listing=True),
-                   layout.missing, f"make weights MODEL={model}", f"python -m musicgen.hub {model}", True)
+                   layout.missing, f"make weights MODEL={model}", f"python -m musicgen.hub {model}",
+                   "--weights (MUSICGEN_WEIGHTS)", True)
 
 
 STEMS = Weights(f"{stems.MODEL_NAME} stem separation bag", stems.HUB_REPO,
                 lambda names, read: sorted(n for n in names if any(fnmatch(n, p) for p in stems.HUB_PATTERNS)),
                 lambda d: [] if stems.has_weights(d) else [stems.bag_file(d).name + " and its models"],
-                "make weights", "python -m musicgen.hub --stems")
+                "make weights", "python -m musicgen.hub --stems", "MUSICGEN_STEMS_WEIGHTS")
+
+
+def holding(directory: Path) -> str | None:
+    """What ``directory`` holds, in words for sentences; None when it holds nothing (absent, empty, or only
+    huggingface_hub's ``.cache``)."""
+    if directory.exists() and not directory.is_dir():
+        return "a file, not a directory"
+    entries = sorted(p.name for p in directory.iterdir() if p.name != ".cache") if directory.is_dir() else []
+    if not entries:
+        return None
+    manifest = Manifest.read(directory)
+    if manifest is not None:
+        if manifest.repo == STEMS.repo:
+            return f"the {STEMS.what} ({STEMS.repo}) downloaded by this project"
+        return f"{manifest.repo or 'a download whose manifest cannot be read'} downloaded by this project"
+    if weights_in(directory, None) is STEMS:
+        return f"an {STEMS.what} without {NAME} (not downloaded by this project)"
+    if (directory / layout.CONFIG).is_file():
+        try:
+            kind = json.loads((directory / layout.CONFIG).read_text()).get("model_type") or "model"
+        except (OSError, ValueError, AttributeError):
+            kind = "model"
+        return f"a {kind} checkpoint without {NAME} (not downloaded by this project)"
+    return f"{len(entries)} file{'s' if len(entries) > 1 else ''} ({', '.join(entries[:3])}) without {NAME}"
+
+
+def occupant(directory: Path, weights: Weights) -> str | None:
+    """What ``directory`` holds when downloading ``weights`` into it would overwrite someone else's files (no
+    manifest of this project, or one for another repository); None when it holds nothing or this project's
+    download of the same repository (unfinished or damaged ones included: a download repairs them)."""
+    manifest = Manifest.read(directory)
+    if manifest is not None and manifest.repo in (weights.repo, ""):  # "": our manifest, unreadable
+        return None
+    return holding(directory)
+
+
+class Occupied(WeightsNotFoundError):
+    """A download refused because its directory holds someone else's files (nothing was written)."""
+
+    def __init__(self, directory: Path, holds: str, weights: Weights):
+        self.directory, self.holds, self.weights = directory, holds, weights
+        super().__init__(self.sentence())
+
+    def sentence(self, setting: str = "") -> str:
+        """The refusal, naming the setting the directory came from (``--dir``, ``MUSICGEN_WEIGHTS``) if any."""
+        where = f"{self.directory} ({setting})" if setting else str(self.directory)
+        repo = self.weights.repo
+        return (f"{where} already holds {self.holds}, not {repo}, so nothing was downloaded: pass --replace "
+                f"(`{self.weights.module_command} --replace`) to download {repo} over its files, or choose an "
+                "empty directory with --dir.")
+
+
+def weights_in(directory: Path, default: Weights | None) -> Weights | None:
+    """The weights ``directory`` is for: its manifest's repository, else the stem separation bag when it holds
+    one (and no checkpoint config), else ``default``."""
+    manifest = Manifest.read(directory)
+    if manifest is not None and manifest.repo:
+        return STEMS if manifest.repo == STEMS.repo else checkpoint(manifest.repo)
+    if manifest is None and stems.has_weights(directory) and not (directory / layout.CONFIG).is_file():
+        return STEMS
+    return default
 
 
 def repo_of(directory: Path, default: str) -> str:
@@ -86,16 +152,21 @@ def problems(directory: Path, weights: Weights, revision: str | None = None) -> 
     return found
 
 
-def download(weights: Weights, directory: Path, revision: str | None = None) -> Manifest:
+def download(weights: Weights, directory: Path, revision: str | None = None, replace: bool = False) -> Manifest:
     """Download ``weights`` at ``revision`` (default main, resolved once to a commit) into ``directory``:
     resumes partial files, replaces damaged ones, verifies every file's size and hash, converts a ``.bin``
     checkpoint to safetensors, and records it all in the manifest. WeightsNotFoundError when a file does not
-    verify (the directory is then marked unusable)."""
+    verify (the directory is then marked unusable); Occupied, before anything is written, when ``directory``
+    holds someone else's files (see ``occupant``) and ``replace`` is not given. The directory is created only
+    once the Hub has answered with the repository's listing."""
     from huggingface_hub import HfApi, hf_hub_download
 
     revision = revision or "main"
-    directory.mkdir(parents=True, exist_ok=True)
+    holds = occupant(directory, weights)
+    if holds is not None and not replace:
+        raise Occupied(directory, holds, weights)
     info = HfApi().model_info(weights.repo, revision=revision, files_metadata=True)
+    directory.mkdir(parents=True, exist_ok=True)
     listing = {s.rfilename: s for s in info.siblings or []}
     previous = Manifest.read(directory)
     _remove(directory, previous.damaged if previous else [])  # kept as they are, they would be used again
@@ -183,14 +254,40 @@ class Unavailable(Exception):
     """Weights that are not usable on disk and could not be downloaded; the message says why."""
 
 
+def download_failure(exc: Exception, repo: str, revision: str | None) -> str:
+    """Why a download failed, as a clause (no traceback, no HTTP dump): the repository or revision the Hub does
+    not have, else the exception's type and first line."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    hub = f"the Hugging Face Hub ({constants.ENDPOINT})"
+    at = f" at revision {revision}" if revision and revision != "main" else ""
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{repo} has no revision {revision} on {hub}"
+    if isinstance(exc, GatedRepoError):
+        return f"{repo} is gated on {hub}: accept its terms on its page and set HF_TOKEN"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"there is no repository {repo}{at} on {hub} that can be read (a private one needs HF_TOKEN)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + first if first else ''}"
+
+
 def fetch(weights: Weights, directory: Path, settings: Settings, allow_download: bool) -> Path:
     """``directory`` once it may be used for ``weights``, downloading (or repairing) them when allowed and
-    possible; otherwise Unavailable with the reason (WeightsNotFoundError when a download does not verify)."""
-    if not problems(directory, weights, settings.revision):
+    possible; otherwise Unavailable with the reason (WeightsNotFoundError when a download does not verify, or
+    when ``directory`` holds someone else's files that are not usable: those are never written to)."""
+    found = problems(directory, weights, settings.revision)
+    if not found:
         if Manifest.read(directory) is None:
-            log.info("using %s as given: it has no %s, so its files were not verified against %s",
-                     directory, "musicgen-manifest.json", weights.repo)
+            log.info("using %s as given: it has no %s (not downloaded by this project), so its files were not "
+                     "verified", directory, NAME)
         return directory
+    holds = occupant(directory, weights)
+    if holds is not None:
+        raise WeightsNotFoundError(
+            f"{directory} holds {holds} that is not a usable {weights.what} "
+            f"({'; '.join(found[:3])}), and it is left as it is: point {weights.setting} at a complete "
+            f"{weights.what}, or at a new directory to have {weights.repo} downloaded there.")
     reason = "HF_HUB_OFFLINE is set" if settings.offline else "downloading is disabled"
     if allow_download and not settings.offline:
         try:
@@ -199,8 +296,9 @@ def fetch(weights: Weights, directory: Path, settings: Settings, allow_download:
         except WeightsNotFoundError:
             raise
         except Exception as exc:  # network, auth, missing repo, interrupted: all end in the same advice
-            reason = f"the download failed ({type(exc).__name__})"
-            log.warning("download of %s failed: %s", weights.repo, exc)
+            why = download_failure(exc, weights.repo, settings.revision)
+            reason = f"the download failed ({why})"
+            log.warning("download of %s failed: %s", weights.repo, why)
     raise Unavailable(reason)
 
 
@@ -220,6 +318,11 @@ def locate(settings: Settings, allow_download: bool = True, directory: Path | No
     """A directory that may be used for the configured checkpoint (``directory``, else the setting's),
     downloading or repairing it when allowed and possible; else WeightsNotFoundError with one sentence."""
     directory = directory or settings.weights_dir
+    if weights_in(directory, None) is STEMS:
+        raise WeightsNotFoundError(
+            f"{directory} is the folder of the {STEMS.what} ({STEMS.repo}, the one MUSICGEN_STEMS_WEIGHTS is for), "
+            f"not a MusicGen checkpoint: point --weights (MUSICGEN_WEIGHTS) at the checkpoint's own folder, "
+            f"{weights_dir_for(settings.model)} by default, where `{checkpoint(settings.model).command}` puts it.")
     weights = checkpoint(repo_of(directory, settings.model))
     try:
         return fetch(weights, directory, settings, allow_download)
@@ -253,50 +356,72 @@ def _size(n: int) -> str:
     return ""
 
 
-def describe(directory: Path, manifest: Manifest) -> str:
-    """What a manifest records, for people: the repository, revision and commit, then one line per file."""
+def describe(directory: Path, manifest: Manifest, verified: bool = False) -> str:
+    """What a manifest records, for people: the repository, revision and commit, then one line per file, then
+    what was done: downloaded (the Hub's files), or ``verified`` (every file's size and hash checked)."""
     lines = [f"{manifest.repo} at {manifest.revision} (commit {manifest.commit}) in {directory}: {manifest.state}"]
     for name, record in sorted(manifest.files.items()):
         how = (f"converted here from {', '.join(record.converted_from)}" if record.converted_from else
                f"sha256 {record.sha256}" if record.sha256 else f"git blob {record.git_sha1}")
         lines.append(f"  {name:40} {_size(record.size):>10}  {how}")
-    total = sum(r.size for r in manifest.files.values() if not r.converted_from)
-    lines.append(f"  downloaded: {_size(total)} in {sum(not r.converted_from for r in manifest.files.values())} files")
+    if verified:
+        total = sum(r.size for r in manifest.files.values())
+        lines.append(f"  verified: {len(manifest.files)} files, {_size(total)}, every size and hash as recorded")
+    else:
+        total = sum(r.size for r in manifest.files.values() if not r.converted_from)
+        count = sum(not r.converted_from for r in manifest.files.values())
+        lines.append(f"  downloaded: {_size(total)} in {count} files")
     return "\n".join(lines)
 
 
 def verify_directory(directory: Path, weights: Weights) -> str:
     """The on-demand check (``--verify``): every file's hash against the manifest (the outcome recorded in
-    it), or, without a manifest, only that the files loading needs are there. Returns the report;
-    WeightsNotFoundError when something is wrong."""
+    it), or, without a manifest, only that the files loading needs are there. The weights checked are the
+    ones the directory is for (its manifest's repository, or the stem separation bag it holds), else
+    ``weights``. Returns the report; WeightsNotFoundError when something is wrong."""
+    weights = weights_in(directory, weights)
     manifest = Manifest.read(directory)
     if manifest is None:
         lacking = weights.missing(directory)
         if lacking:
             raise WeightsNotFoundError(
-                f"{directory} lacks {', '.join(lacking)}: run `{weights.command}` ({weights.module_command}).")
-        return (f"{directory} has no manifest (not downloaded by this project): its files are all there, but "
-                "there is nothing to check their hashes against.")
-    if weights is not STEMS and manifest.repo:
-        weights = checkpoint(manifest.repo)
+                f"{directory} is not a complete {weights.what} ({', '.join(lacking)} missing) and has no {NAME} "
+                f"(not downloaded by this project): `{weights.module_command} --dir NEW_DIR` downloads one.")
+        return (f"{directory} has no manifest (not downloaded by this project): the {weights.what}'s files are "
+                "all there, but there is nothing to check their hashes against.")
     verify(directory, manifest, weights)
-    return describe(directory, manifest)
+    return describe(directory, manifest, verified=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    env = Settings.from_env()
+    try:
+        env = Settings.from_env()
+    except MusicGenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m musicgen.hub", description="Download or verify weights.")
-    parser.add_argument("model", nargs="?", default=env.model, help=f"Hub repo id (default {env.model})")
+    parser.add_argument("model", nargs="?", default=env.model,
+                        help=f"Hub repo id (default MUSICGEN_MODEL, else {env.model})")
     parser.add_argument("--stems", action="store_true",
                         help=f"fetch the {stems.MODEL_NAME} stem separation bag that melody checkpoints use")
     parser.add_argument("--dir", type=Path, default=None,
-                        help="target directory (default weights/<name>, or weights/htdemucs with --stems)")
+                        help="target directory (default MUSICGEN_WEIGHTS, else weights/<name>; with --stems "
+                             "MUSICGEN_STEMS_WEIGHTS, else weights/htdemucs)")
     parser.add_argument("--revision", default=env.revision,
                         help="branch, tag or commit to download (default MUSICGEN_REVISION, else main)")
+    parser.add_argument("--replace", action="store_true",
+                        help="download even into a directory that holds files this project did not download for "
+                             "the same repository (another checkpoint, your own): its files of the same names are "
+                             "overwritten; without it such a directory is refused and left as it is")
     parser.add_argument("--verify", type=Path, metavar="DIR", default=None,
                         help="check every file in DIR against its manifest (sizes and hashes), download nothing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("musicgen").setLevel(logging.INFO)  # our progress lines, not every HTTP request's
+    problem = None if args.stems else repo_id_problem(args.model, "MODEL")  # MUSICGEN_MODEL's: checked above
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     weights = STEMS if args.stems else checkpoint(args.model)
     if args.verify is not None:
         try:
@@ -305,11 +430,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
-    target = args.dir or (env.stems_dir if args.stems else Settings.from_env(model=args.model).weights_dir)
+    if args.dir is not None:
+        target, setting = args.dir, "--dir"
+    elif args.stems:
+        target, setting = env.stems_dir, "MUSICGEN_STEMS_WEIGHTS" if env.stems_weights is not None else ""
+    else:
+        target, setting = env.weights_dir if env.weights is not None else weights_dir_for(args.model), (
+            "MUSICGEN_WEIGHTS" if env.weights is not None else "")
     try:
-        manifest = download(weights, target, args.revision)
+        manifest = download(weights, target, args.revision, replace=args.replace)
+    except Occupied as exc:
+        print(f"error: {exc.sentence(setting)}", file=sys.stderr)
+        return 1
+    except WeightsNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
-        print(f"error: could not download {weights.repo} into {target}: {exc}", file=sys.stderr)
+        print(f"error: could not download {weights.repo} into {target}: "
+              f"{download_failure(exc, weights.repo, args.revision)}.", file=sys.stderr)
         return 1
     print(describe(target, manifest))
     return 0

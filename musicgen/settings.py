@@ -4,6 +4,7 @@ device and precision it resolves to on this machine."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,12 +22,22 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
 STEPS = ("auto", "fixed", "segments")
 _TRUE = {"1", "true", "yes", "on"}
+# a Hugging Face Hub repository id: [owner/]name of letters, digits, '-', '_' and '.'
+_REPO_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 _FALSE = {"0", "false", "no", "off"}
 
 
 def flag(value: str | None) -> bool:
     """A boolean setting: 1/true/yes/on (any case) is true, anything else false."""
     return (value or "").strip().lower() in _TRUE
+
+
+def repo_id_problem(value: str, name: str = "MUSICGEN_MODEL") -> str | None:
+    """The sentence refusing ``value`` as a Hub repository id given as ``name``; None when it is one."""
+    if _REPO_ID.fullmatch(value) and ".." not in value and "--" not in value:
+        return None
+    return (f"{name} must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', '.'), "
+            f"such as facebook/musicgen-small, got {value!r}.")
 
 
 def _count(name: str, value: str | None) -> int | None:
@@ -73,8 +84,11 @@ class Settings:
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
     metrics_host: str = "127.0.0.1"  # MUSICGEN_METRICS_HOST: the address the metrics bind (0.0.0.0: every interface)
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
+    cache: Path | None = None  # MUSICGEN_CACHE: where .bin checkpoints not downloaded here are converted
 
     def __post_init__(self) -> None:
+        if problem := repo_id_problem(self.model):
+            raise MusicGenError(problem)
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise MusicGenError(f"MUSICGEN_METRICS_PORT must be a port number (1-65535), got {self.metrics_port}.")
         if self.device not in DEVICES:
@@ -110,6 +124,8 @@ class Settings:
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
             metrics_host=(env.get("MUSICGEN_METRICS_HOST") or "").strip() or "127.0.0.1",
             server_concurrency=_count("COG_MAX_CONCURRENCY", env.get("COG_MAX_CONCURRENCY")),
+            cache=Path(env["MUSICGEN_CACHE"]).expanduser() if env.get("MUSICGEN_CACHE") else (
+                Path(env["XDG_CACHE_HOME"]).expanduser() / "musicgen" if env.get("XDG_CACHE_HOME") else None),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -117,6 +133,13 @@ class Settings:
     def weights_dir(self) -> Path:
         """Where the checkpoint lives: MUSICGEN_WEIGHTS, else weights/<name of the model>."""
         return self.weights if self.weights is not None else weights_dir_for(self.model)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where a ``.bin`` checkpoint that this project did not download is converted to safetensors (once;
+        its own directory is never written to): MUSICGEN_CACHE, else $XDG_CACHE_HOME/musicgen, else
+        ~/.cache/musicgen."""
+        return self.cache if self.cache is not None else Path.home() / ".cache" / "musicgen"
 
     @property
     def stems_dir(self) -> Path:

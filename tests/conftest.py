@@ -34,6 +34,14 @@ def stems_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def conversion_cache(tmp_path_factory) -> Path:
+    """Where ``.bin`` checkpoints of no download of ours are converted (MUSICGEN_CACHE): never the home directory."""
+    path = tmp_path_factory.mktemp("musicgen-cache")
+    os.environ["MUSICGEN_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     from musicgen_dev.checkpoints import build_random_checkpoint

@@ -92,3 +92,22 @@ def test_converter_refuses_what_it_does_not_know(checkpoints, tmp_path, capsys):
         from musicgen.convert import convert
 
         convert(tmp_path / "nowhere", tmp_path / "o4", checkpoints["plain"])
+
+
+def test_converter_never_writes_over_a_directory_that_holds_files(checkpoints, tmp_path, capsys):
+    import shutil
+
+    model, _ = load(checkpoints["plain"], torch.device("cpu"))
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save({"best_state": to_audiocraft(model)}, src / "state_dict.bin")
+    dst = shutil.copytree(checkpoints["melody"], tmp_path / "my-melody")  # someone's checkpoint
+    before = {p.name: p.read_bytes() for p in dst.iterdir()}
+    assert convert_main([str(src), str(dst), "--base", str(checkpoints["plain"])]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: DST {dst} already holds a musicgen_melody checkpoint without musicgen-manifest.json (not downloaded "
+        "by this project): give a new or empty output directory, or pass --replace to write the converted checkpoint "
+        "over its files.")
+    assert {p.name: p.read_bytes() for p in dst.iterdir()} == before
+    assert convert_main([str(src), str(dst), "--base", str(checkpoints["plain"]), "--replace"]) == 0  # asked for
+    assert load(dst, torch.device("cpu"))[0].config.model_type == "musicgen"

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,9 @@ def _stored(model, fp16: bool) -> dict[str, torch.Tensor]:
 def test_each_published_layout_is_mapped_with_its_exact_tensors(published, repo, tmp_path, caplog):
     source, model = published[repo]
     directory = shutil.copytree(source, tmp_path / "ckpt")
+    before, cache = _snapshot(directory), tmp_path / "cache"
     caplog.set_level(logging.INFO)
-    loaded, _ = load(directory, torch.device("cpu"))
+    loaded, _ = load(directory, torch.device("cpu"), cache=cache)
     # the fast path took it: a fallback to from_pretrained logs "with transformers" and no "mapped" line
     assert "mapped ckpt from " in caplog.text and "with transformers" not in caplog.text
     expected = _stored(model, HUB_REPOS[repo]["fp16"])
@@ -81,11 +83,17 @@ def test_each_published_layout_is_mapped_with_its_exact_tensors(published, repo,
     assert all(torch.equal(ours[k], expected[k]) for k in expected)
     positions = dict(loaded.named_buffers())["decoder.model.decoder.embed_positions.weights"]
     assert torch.equal(positions, model.decoder.model.decoder.embed_positions.weights)
-    if HUB_REPOS[repo]["files"].startswith("bin"):  # converted once: the next start maps the safetensors file
-        assert (directory / "model.safetensors").is_file()
+    assert _snapshot(directory) == before  # the checkpoint's directory is never written to
+    converted = sorted(cache.rglob("*.safetensors"))
+    if HUB_REPOS[repo]["files"].startswith("bin"):  # converted once, in the cache: the next start maps it
+        assert len(converted) == 1 and converted[0].parent.name.startswith("ckpt-")
+        assert f"to {converted[0]} in " in caplog.text
         caplog.clear()
-        load(directory, torch.device("cpu"))
+        load(directory, torch.device("cpu"), cache=cache)
         assert "converted" not in caplog.text and "mapped ckpt from model.safetensors" in caplog.text
+        assert _snapshot(directory) == before
+    else:
+        assert converted == []
 
 
 def _env(hub: HubStandIn, tmp_path: Path, **extra) -> dict:
@@ -250,10 +258,16 @@ def test_a_file_damaged_after_a_good_download_is_refused_or_repaired(published, 
 def test_a_directory_given_without_manifest_is_used_unverified(published, tmp_path, caplog):
     repo = "facebook/musicgen-medium"  # pytorch_model.bin only
     directory = shutil.copytree(published[repo][0], tmp_path / "mine")
-    caplog.set_level(logging.INFO, logger="musicgen.hub")
-    service = MusicGen.load(settings=_offline(directory))
+    before = _snapshot(directory)
+    caplog.set_level(logging.INFO, logger="musicgen")
+    cache = tmp_path / "cache"
+    service = MusicGen.load(settings=replace(_offline(directory), cache=cache))
     assert service.engine.channels == 1
-    assert f"using {directory} as given: it has no musicgen-manifest.json, so its files were not verified" in caplog.text
+    # its .bin is converted into the cache (MUSICGEN_CACHE), never beside the user's files
+    assert _snapshot(directory) == before and len(list(cache.glob("converted/mine-*/model.safetensors"))) == 1
+    # no repository is named: the directory's files are not from one this project knows
+    assert (f"using {directory} as given: it has no musicgen-manifest.json (not downloaded by this project), so its "
+            "files were not verified\n") in caplog.text
     proc = subprocess.run([sys.executable, "-m", "musicgen.hub", "--verify", str(directory)], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "has no manifest" in proc.stdout
@@ -265,10 +279,12 @@ def test_a_partial_directory_names_the_missing_files_and_its_repository(publishe
     (directory / "pytorch_model-00002-of-00002.bin").unlink()
     with pytest.raises(WeightsNotFoundError) as refused:
         MusicGen.load(settings=_offline(directory, repo))
+    # not this project's download: never repaired in place, so the sentence does not offer `make weights` into it
     assert str(refused.value) == (
-        f"The MusicGen checkpoint for {repo} in {directory} is not usable (pytorch_model-00002-of-00002.bin is "
-        f"missing) and HF_HUB_OFFLINE is set: run `make weights MODEL={repo}` (python -m musicgen.hub {repo}) "
-        "where the Hugging Face Hub is reachable to repair it.")
+        f"{directory} holds a musicgen checkpoint without musicgen-manifest.json (not downloaded by this project) "
+        "that is not a usable MusicGen checkpoint (pytorch_model-00002-of-00002.bin is missing), and it is left as "
+        "it is: point --weights (MUSICGEN_WEIGHTS) at a complete MusicGen checkpoint, or at a new directory to have "
+        f"{repo} downloaded there.")
 
 
 def test_a_pinned_revision_is_downloaded_recorded_and_required(published, tmp_path):
@@ -288,3 +304,112 @@ def test_a_pinned_revision_is_downloaded_recorded_and_required(published, tmp_pa
                                                     revision=commit)).engine.channels == 2
     with pytest.raises(WeightsNotFoundError, match=rf"it holds {commit} \({commit[:12]}\), not MUSICGEN_REVISION=v2"):
         MusicGen.load(settings=Settings.from_env(device="cpu", weights=directory, offline=True, revision="v2"))
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of ``directory`` (recursively) with its bytes and modification time."""
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_directory_holding_someone_elses_checkpoint_is_never_downloaded_into(published, tmp_path):
+    melody, small, stereo = "facebook/musicgen-melody", "facebook/musicgen-small", "facebook/musicgen-stereo-small"
+    mine = shutil.copytree(published[small][0], tmp_path / "mine")  # a user's text checkpoint, no manifest
+    for weights in [*mine.glob("*.safetensors"), *mine.glob("*.bin")]:  # incomplete: a start would want to repair it
+        weights.unlink()
+    before = _snapshot(mine)
+    with HubStandIn({repo: published[repo][0] for repo in (melody, small, stereo)}) as hub:
+        proc = _hub_cli(hub, tmp_path, MUSICGEN_WEIGHTS=str(mine))  # what `make weights` runs, the README's setting
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"error: {mine} (MUSICGEN_WEIGHTS) already holds a musicgen checkpoint without musicgen-manifest.json "
+            f"(not downloaded by this project), not {melody}, so nothing was downloaded: pass --replace "
+            f"(`python -m musicgen.hub {melody} --replace`) to download {melody} over its files, or choose an empty "
+            "directory with --dir.")
+        out = tmp_path / "song.wav"
+        proc = _generate(hub, tmp_path, mine, out, offline=False)  # a start that may download does not either
+        assert proc.returncode != 0 and not out.exists()
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: {mine} holds a musicgen checkpoint without musicgen-manifest.json "
+            f"(not downloaded by this project) that is not a usable MusicGen checkpoint (model.safetensors (or "
+            f"pytorch_model.bin) is missing), and it is left as it is: point --weights (MUSICGEN_WEIGHTS) at a "
+            f"complete MusicGen checkpoint, or at a new directory to have {melody} downloaded there.")
+        assert _snapshot(mine) == before and not any("/resolve/" in path for _, path, _ in hub.requests)
+
+        ours = tmp_path / "ours"  # this project's download of another repository
+        assert _hub_cli(hub, tmp_path, small, "--dir", str(ours)).returncode == 0
+        kept = _snapshot(ours)
+        proc = _hub_cli(hub, tmp_path, stereo, "--dir", str(ours))
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            f"error: {ours} (--dir) already holds {small} downloaded by this project, not {stereo}, so nothing was "
+            f"downloaded: pass --replace (`python -m musicgen.hub {stereo} --replace`) to download {stereo} over "
+            "its files, or choose an empty directory with --dir.")
+        assert _snapshot(ours) == kept
+        assert _hub_cli(hub, tmp_path, small, "--dir", str(ours)).returncode == 0  # the same one: repaired, kept
+        proc = _hub_cli(hub, tmp_path, stereo, "--dir", str(ours), "--replace")  # asked for: replaced
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((ours / MANIFEST).read_text())["repo"] == stereo
+    assert MusicGen.load(ours, device="cpu").engine.channels == 2
+
+
+def test_a_stems_folder_given_as_the_checkpoint_says_so(stems_weights, tmp_path):
+    bag = tmp_path / "htdemucs"
+    with HubStandIn({"adefossez/HTDemucs": stems_weights}) as hub:
+        proc = _hub_cli(hub, tmp_path, "--stems", "--dir", str(bag))
+        assert proc.returncode == 0, proc.stderr
+        out = tmp_path / "song.wav"
+        for folder in (bag, stems_weights):  # this project's download of the bag, and one without manifest
+            proc = _generate(hub, tmp_path, folder, out, offline=False)
+            assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
+            assert proc.stderr.strip().splitlines()[-1] == (
+                f"error: {folder} is the folder of the htdemucs stem separation bag (adefossez/HTDemucs, the one "
+                "MUSICGEN_STEMS_WEIGHTS is for), not a MusicGen checkpoint: point --weights (MUSICGEN_WEIGHTS) at "
+                f"the checkpoint's own folder, {ROOT / 'weights' / 'musicgen-melody'} by default, where "
+                "`make weights MODEL=facebook/musicgen-melody` puts it.")
+        assert not (bag / "config.json").exists() and not (stems_weights / "config.json").exists()
+        # --verify checks the bag as a bag: what it did, not what a download did, and no musicgen-melody advice
+        proc = _hub_cli(hub, tmp_path, "--verify", str(bag))
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert lines[0] == f"adefossez/HTDemucs at main (commit {hub.commit('adefossez/HTDemucs')}) in {bag}: verified"
+        size = sum(p.stat().st_size for p in stems_weights.iterdir())
+        assert lines[-1] == f"  verified: 2 files, {size / 1e6:.2f} MB, every size and hash as recorded"
+        assert "downloaded" not in proc.stdout
+        proc = _hub_cli(hub, tmp_path, "--verify", str(stems_weights))
+        assert proc.returncode == 0 and proc.stdout.strip() == (
+            f"{stems_weights} has no manifest (not downloaded by this project): the htdemucs stem separation bag's "
+            "files are all there, but there is nothing to check their hashes against.")
+        (bag / "htdemucs.yaml").unlink()
+        proc = _hub_cli(hub, tmp_path, "--verify", str(bag))
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            f"error: The htdemucs stem separation bag for adefossez/HTDemucs in {bag} failed verification "
+            "(htdemucs.yaml is missing): run `make weights` (python -m musicgen.hub --stems) where the Hugging Face "
+            "Hub is reachable to repair it.")
+
+
+def test_an_unknown_or_invalid_repository_is_refused_in_one_sentence(published, tmp_path):
+    repo = "facebook/musicgen-small"
+    target = tmp_path / "weights" / "nothing"
+    with HubStandIn({repo: published[repo][0]}) as hub:
+        proc = _hub_cli(hub, tmp_path, "facebook/musicgen-nothing", "--dir", str(target))
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"error: could not download facebook/musicgen-nothing into {target}: there is no repository "
+            f"facebook/musicgen-nothing on the Hugging Face Hub ({hub.url}) that can be read (a private one needs "
+            "HF_TOKEN).")
+        assert not (tmp_path / "weights").exists()  # nothing left behind
+        asked = len(hub.requests)
+        proc = _hub_cli(hub, tmp_path, MUSICGEN_MODEL="not a repo")
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            "error: MUSICGEN_MODEL must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', "
+            "'.'), such as facebook/musicgen-small, got 'not a repo'.")
+        proc = _hub_cli(hub, tmp_path, "not a repo")
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            "error: MODEL must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', '.'), "
+            "such as facebook/musicgen-small, got 'not a repo'.")
+        out = tmp_path / "song.wav"
+        proc = _generate(hub, tmp_path, tmp_path / "w", out, offline=False, model="not a repo")
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+            "error: MUSICGEN_MODEL must be a Hugging Face Hub repository id (owner/name: letters, digits, '-', '_', "
+            "'.'), such as facebook/musicgen-small, got 'not a repo'.")
+        assert len(hub.requests) == asked and not (tmp_path / "w").exists()  # refused before asking the Hub

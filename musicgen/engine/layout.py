@@ -5,11 +5,14 @@ contents) in one order: the safetensors index and its shards, else the single ``
 ``pytorch_model.bin`` index and its shards, else the single ``pytorch_model.bin`` — plus the configs and
 tokenizer. Duplicates (``model.fp32.safetensors``, ``*.fp32.bin``) and stale indexes naming absent files are
 never chosen. A ``.bin`` checkpoint (musicgen-medium, musicgen-large) is converted once to ``model.safetensors``
-beside it (:func:`convert_bin`, streamed: it never holds more than one tensor in memory) so that loading maps it.
+(:func:`convert_bin`, streamed: it never holds more than one tensor in memory) so that loading maps it: beside it
+when this project downloaded it (``musicgen.hub``, recorded in its manifest), else in the conversion cache
+(:func:`converted_path`), never in a directory of the user's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -104,7 +107,7 @@ def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # processes converting at once do not mix
     with open(partial, "wb") as f:
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
@@ -113,9 +116,19 @@ def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None
     os.replace(partial, path)
 
 
-def convert_bin(directory: Path) -> Path:
-    """Write ``model.safetensors`` holding the tensors of the ``.bin`` checkpoint in ``directory`` (same names,
-    same dtypes; tensors that share storage in the pickle are written separately) and return its path."""
+def converted_path(directory: Path, sources: list[Path], cache: Path) -> Path:
+    """Where ``model.safetensors`` converted from the ``.bin`` files ``sources`` of ``directory`` goes in the
+    conversion cache ``cache`` (MUSICGEN_CACHE): a folder named after the directory and keyed by its path and
+    the files' names, sizes and modification times, so a changed file is converted anew."""
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sources]
+    key = hashlib.sha256(json.dumps([str(directory.resolve()), stats]).encode()).hexdigest()[:16]
+    return cache / "converted" / f"{directory.resolve().name}-{key}" / SAFETENSORS
+
+
+def convert_bin(directory: Path, target: Path | None = None) -> Path:
+    """Write ``target`` (default ``model.safetensors`` in ``directory``) holding the tensors of the ``.bin``
+    checkpoint in ``directory`` (same names, same dtypes; tensors that share storage in the pickle are written
+    separately) and return its path."""
     sources = weight_files(directory, LAYOUTS[1:])
     started = time.monotonic()
     tensors, seen = {}, set()
@@ -124,8 +137,9 @@ def convert_bin(directory: Path) -> Path:
             storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
             tensors[name] = tensor.clone() if storage in seen else tensor
             seen.add(storage)
-    target = directory / SAFETENSORS
+    target = target or directory / SAFETENSORS
+    target.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(tensors, target, {"format": "pt", "converted_from": ",".join(f.name for f in sources)})
-    log.info("converted %s to %s in %.1f s", ", ".join(f.name for f in sources), target.name,
-             time.monotonic() - started)
+    log.info("converted %s to %s in %.1f s", ", ".join(f.name for f in sources),
+             target.name if target.parent == directory else target, time.monotonic() - started)
     return target

@@ -20,14 +20,18 @@ log = logging.getLogger(__name__)
 LEGACY_KEYS = ((".weight_g", ".parametrizations.weight.original0"), (".weight_v", ".parametrizations.weight.original1"))
 
 
-def _weight_files(path: Path) -> list[Path]:
+def _weight_files(path: Path, cache: Path | None) -> list[Path]:
     """The weight files to map: the checkpoint's safetensors, else its ``.bin`` files converted once to
-    ``model.safetensors`` beside them (so later starts map it), else — in a directory that cannot be written —
-    the ``.bin`` files themselves, read with ``torch.load(weights_only=True, mmap=True)``."""
+    ``model.safetensors`` in the conversion cache ``cache`` (``layout.converted_path``: later starts map it;
+    nothing is ever written into the checkpoint's own directory), else — without a cache, or one that cannot
+    be written — the ``.bin`` files themselves, read with ``torch.load(weights_only=True, mmap=True)``."""
     files = layout.weight_files(path)
-    if layout.is_bin(files) and all(f.is_file() for f in files):
+    if cache is not None and layout.is_bin(files) and all(f.is_file() for f in files):
+        target = layout.converted_path(path, files, cache)
+        if target.is_file():
+            return [target]
         try:
-            return [layout.convert_bin(path)]
+            return [layout.convert_bin(path, target)]
         except OSError as exc:
             log.info("reading %s without converting it (%s)", ", ".join(f.name for f in files), exc)
     return files
@@ -52,7 +56,7 @@ def _place(name: str, device: torch.device, decoder_device: torch.device) -> tor
     return decoder_device if name.startswith("decoder.") else device
 
 
-def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch.device):
+def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch.device, cache: Path | None):
     """Build ``cls`` from the checkpoint with its tensors memory-mapped from the safetensors files (on CPU:
     no copy at all, pages are read when first used) or read straight onto ``device``: the module skeleton
     is created on the meta device, the file's tensors are assigned in place of its parameters, and only
@@ -71,7 +75,7 @@ def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch
     def fall_back(reason: str) -> None:
         log.info("loading %s with transformers: %s", path.name, reason)
 
-    files = _weight_files(path)
+    files = _weight_files(path, cache)
     if not files or not all(f.is_file() for f in files):
         return fall_back("no model.safetensors (or its shards)")
     started = time.monotonic()
@@ -134,10 +138,12 @@ def _map_checkpoint(path: Path, cls, device: torch.device, decoder_device: torch
     return model
 
 
-def load(path: Path, device: torch.device, decoder_device: torch.device | None = None):
+def load(path: Path, device: torch.device, decoder_device: torch.device | None = None, cache: Path | None = None):
     """Load model and tokenizer from a transformers-format checkpoint directory onto ``device``: mapped
     straight from its safetensors files when they match the module (``_map_checkpoint``), else through
-    transformers' ``from_pretrained``. ``decoder_device`` (default ``device``) keeps the decoder's float32
+    transformers' ``from_pretrained``. A ``.bin`` checkpoint is converted once into ``cache`` (the conversion
+    cache, MUSICGEN_CACHE) and mapped from there; without ``cache`` its ``.bin`` files are read as they are.
+    Nothing is written into ``path``. ``decoder_device`` (default ``device``) keeps the decoder's float32
     weights elsewhere — on the CPU, mapped, while the fast decoder converts them layer by layer on their way
     to the GPU, so the GPU never holds a float32 copy of the decoder."""
     decoder_device = decoder_device or device
@@ -155,7 +161,7 @@ def load(path: Path, device: torch.device, decoder_device: torch.device | None =
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = _map_checkpoint(path, classes[kind], device, decoder_device)
+        model = _map_checkpoint(path, classes[kind], device, decoder_device, cache)
         if model is None:
             model = classes[kind].from_pretrained(str(path), dtype=torch.float32, device_map=None)
             for name, child in model.named_children():

@@ -126,7 +126,7 @@ class MusicGen:
         try:
             # the fast decoder converts the decoder's weights on their way to a GPU: they stay mapped on the CPU
             decoder_device = torch.device("cpu") if backend == "fast" and dev.type == "cuda" else None
-            model, tokenizer = loading.load(path, dev, decoder_device)
+            model, tokenizer = loading.load(path, dev, decoder_device, cache=settings.cache_dir)
             separator, stems_missing = None, None
             if model.config.model_type == "musicgen_melody":
                 separator, stems_missing = _load_separator(settings, dev, allow_download)
