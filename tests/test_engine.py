@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import SR, tone
+from conftest import ROOT, SR, tone
 from musicgen.engine.chroma import chroma
 from musicgen.engine.engine import Engine, WindowSettings
 from musicgen.engine.sampling import SamplingParams
@@ -476,3 +476,17 @@ def test_the_null_melody_prefix_is_computed_once_and_changes_nothing(checkpoints
     reference = Engine(model, tokenizer, windows, precision="fp32", static_step=static)
     reference.generate_codes(TEXT, 10, SamplingParams(temperature=0.0))
     assert reference.backend.decoder._shared_kv is None
+
+
+def test_the_compiled_step_launches_the_kernels_per_layer_the_docs_state(checkpoints):
+    """One decoder layer of the served (compiled, fixed-shape) step, counted in inductor's program for
+    musicgen-melody's layout: what docs/performance.md states ("Kernels per layer"), so a change that adds a
+    launch to every layer shows here and in the docs."""
+    from musicgen_dev.kernels import per_layer
+
+    stated = re.search(r"melody layout, fp32 on a CPU: (\d+) kernels per layer \((\d+) generated \+ (\d+) extern\)",
+                       (ROOT / "docs" / "performance.md").read_text())
+    assert stated, "docs/performance.md states the melody layout's kernels per layer"
+    counted = per_layer(lambda: load(checkpoints["melody"], torch.device("cpu")), "fp32", torch.device("cpu"))
+    assert counted.fallback == 0  # nothing left uncompiled in a layer
+    assert (counted.total, counted.generated, counted.extern) == tuple(int(n) for n in stated.groups())
