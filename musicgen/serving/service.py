@@ -183,9 +183,10 @@ class MusicGen:
         predict at once: their requests are decoded together (``musicgen.serving.scheduler``), each giving the bytes
         it gives alone.
 
-        Without ``output_dir`` each call writes into a fresh temporary directory, removed once enough later
-        predictions have returned and some time has passed (``musicgen.serving.retention``; pass ``output_dir`` to
-        keep the files)."""
+        Pass ``output_dir`` (created if missing) to keep the files: they are the caller's, never removed.
+        Without it the files go to a fresh temporary directory, removed no earlier than 60 s after this call
+        returns and once as many later predictions have returned as the model runs at once, and at the latest
+        when the model is collected or the process exits (``musicgen.serving.retention``)."""
         # A request's own torch work (text encoder, codec, separation) runs single-threaded, in its caller's
         # thread: the decode loop's thread is then the only one with an OpenMP thread team (a second team in
         # another thread made a decode step's small operations about 3x slower, measured on 2 cores:
@@ -206,6 +207,8 @@ class MusicGen:
                  on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:
         eng = self.engine
         started = time.monotonic()
+        if output_dir is not None:  # the caller's: made now, before any work, and never removed
+            output_dir = output.user_output_dir(output_dir)
         seed = req.resolve_seed()
         log.info("model %s, seed %d", self.name, seed)
         if not req.continuation and (req.continuation_start != 0 or req.end_seconds is not None):

@@ -1,0 +1,50 @@
+"""What a person meets at the command line and in the library: where files go and stay, output names that
+say their format, interrupts, progress and quiet runs (each through `musicgen` as a subprocess or the
+library's public calls)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from conftest import SR, tone
+from musicgen import GenerationRequest, MusicGenError
+
+COMMAND = Path(sys.executable).parent / "musicgen"  # the console script pyproject.toml installs
+
+
+def _cli(*args, env=None, cwd=None):
+    return subprocess.run([str(COMMAND), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoints):
+    from musicgen import MusicGen
+
+    return MusicGen.load(checkpoints["plain"], device="cpu")
+
+
+# ---------------------------------------------------------------- the library keeps files in output_dir
+def test_predict_into_an_output_dir_creates_it_and_the_files_stay(model, tmp_path):
+    target = tmp_path / "not" / "yet"
+    result = model.predict(GenerationRequest(duration=1, seed=3), output_dir=target)
+    assert [p.parent for p in result.paths] == [target] and result.paths[0].name.startswith("musicgen-3-")
+    model.release_outputs()  # what the library removes on its own never includes the caller's directory
+    assert result.paths[0].is_file() and sf.info(str(result.paths[0])).frames == SR
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_sentence(model, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(MusicGenError) as caught:
+        model.predict(GenerationRequest(duration=1, seed=1), output_dir=tmp_path / "a-file" / "out")
+    assert str(caught.value) == (f"output_dir {tmp_path / 'a-file' / 'out'} cannot be created (Not a directory); "
+                                 "pass a directory you can write to.")
