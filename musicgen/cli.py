@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", default=None, metavar="PROMPT", help="the prompt (or --prompt)")
     _input_flags(p)
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output file, or directory (no extension) to write into; default: the current directory; "
-                   "without --output-format the format follows the file's extension (else wav)")
+                   help="output file, .wav or .mp3: its extension picks the format (--output-format, if given, "
+                   "must agree); or a directory (an existing one, or a name without extension) to write into; "
+                   "default: the current directory")
     _model_flags(p)
     return p
 
@@ -127,6 +128,22 @@ def batch_main(argv: list[str]) -> int:
     return 1 if failures else 0
 
 
+def output_format(target: Path | None, flag: str | None) -> str:
+    """The format of ``-o target``: a file's extension picks it, and ``--output-format`` (``flag``) must agree;
+    a directory (an existing one, or a name without extension) takes ``flag``, else wav."""
+    if target is None or target.is_dir() or not target.suffix:
+        return flag or "wav"
+    ext = target.suffix.lstrip(".").lower()
+    if ext not in OUTPUT_FORMATS:
+        raise MusicGenError(f"-o {target} names a .{ext} file, but the output formats are "
+                            f"{' and '.join(OUTPUT_FORMATS)}; name the file .wav or .mp3, or give a directory.")
+    if flag is not None and flag != ext:
+        raise MusicGenError(f"-o {target} names a .{ext} file but --output-format is {flag}; name the file "
+                            f"{target.with_suffix('.' + flag).name}, or leave out --output-format (the extension "
+                            "picks the format).")
+    return ext
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["batch"]:
@@ -138,11 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give the prompt once: as PROMPT or as --prompt")
         args.prompt = args.text
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    fmt = args.output_format
-    if fmt is None:
-        suffix = args.output.suffix.lstrip(".").lower() if args.output is not None else ""
-        fmt = suffix if suffix in OUTPUT_FORMATS else "wav"
     try:
+        fmt = output_format(args.output, args.output_format)
         request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt})
         if request.input_audio is not None and not request.input_audio.is_file():
             raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")

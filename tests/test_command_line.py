@@ -48,3 +48,23 @@ def test_an_output_dir_that_cannot_be_made_is_one_sentence(model, tmp_path):
         model.predict(GenerationRequest(duration=1, seed=1), output_dir=tmp_path / "a-file" / "out")
     assert str(caught.value) == (f"output_dir {tmp_path / 'a-file' / 'out'} cannot be created (Not a directory); "
                                  "pass a directory you can write to.")
+
+
+# ---------------------------------------------------------------- output names say their format
+@pytest.mark.parametrize("args,line", [
+    (["-o", "x.flac"], "error: -o x.flac names a .flac file, but the output formats are wav and mp3; name the file "
+                       ".wav or .mp3, or give a directory."),
+    (["-o", "y.wav", "--output-format", "mp3"], "error: -o y.wav names a .wav file but --output-format is mp3; name "
+                                                "the file y.mp3, or leave out --output-format (the extension picks the format)."),
+])
+def test_an_output_name_that_disagrees_with_its_format_is_refused(tmp_path, args, line):
+    proc = _cli("--duration", "1", *args, cwd=tmp_path, env={"MUSICGEN_WEIGHTS": str(tmp_path / "never-loaded")})
+    assert (proc.returncode, proc.stderr.strip()) == (2, line)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_extension_picks_the_format(checkpoints, tmp_path):
+    proc = _cli("--duration", "1", "--seed", "1", "--weights", str(checkpoints["plain"]), "-o", "clip.MP3",
+                "--output-format", "mp3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sf.info(str(tmp_path / "clip.MP3")).format == "MP3"
