@@ -73,7 +73,7 @@ def build_batch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musicgen batch", formatter_class=_HelpFormatter, description="Generate every request of a file into a "
                                 "directory, several at once, skipping outputs that exist (resumable).")
     p.add_argument("requests", type=Path, help="JSON Lines (one object of inputs per line, optional \"name\") "
-                   "or text (one prompt per line)")
+                   "or text (one prompt per line); blank lines and # comments are skipped")
     p.add_argument("-o", "--output", required=True,
                    help="directory, or fsspec URL (s3://bucket/run, ...), of the outputs and results.jsonl")
     p.add_argument("--concurrency", type=int, default=None,
@@ -96,7 +96,7 @@ def build_batch_parser() -> argparse.ArgumentParser:
 
 
 def batch_main(argv: list[str]) -> int:
-    from musicgen.serving.batch import run_batch
+    from musicgen.serving.batch import Batch
 
     args = build_batch_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -114,11 +114,14 @@ def batch_main(argv: list[str]) -> int:
                                 cpus_per_actor=args.cpus_per_actor,
                                 address=args.ray_address).run()
         else:
-            from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
+            job = Batch(args.requests, args.output, defaults)  # says what is done already, before loading
+            model = None
+            if job.todo:
+                from musicgen.serving.service import MusicGen  # heavy imports only when there is work
 
-            model = MusicGen.load(args.weights, device=args.device, precision=args.precision,
-                                  concurrency=args.concurrency)
-            failures = run_batch(model, args.requests, args.output, defaults)
+                model = MusicGen.load(args.weights, device=args.device, precision=args.precision,
+                                      concurrency=args.concurrency)
+            failures = job.run(model)
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -157,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         fmt = output_format(args.output, args.output_format)
-        request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt})
-        if request.input_audio is not None and not request.input_audio.is_file():
-            raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")
+        request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt},
+                                    surface="cli")
         from musicgen.serving.progress import StepBar
         from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 

@@ -68,3 +68,22 @@ def test_the_extension_picks_the_format(checkpoints, tmp_path):
                 "--output-format", "mp3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sf.info(str(tmp_path / "clip.MP3")).format == "MP3"
+
+
+# ---------------------------------------------------------------- input_audio said in each surface's words
+def test_the_library_asks_for_a_path_like_naming_a_file(tmp_path):
+    with pytest.raises(MusicGenError) as caught:
+        GenerationRequest(input_audio="clip.wav")
+    assert str(caught.value) == ("input_audio must be a path-like object, not the plain string 'clip.wav'; pass "
+                                 "pathlib.Path('clip.wav').")
+    with pytest.raises(MusicGenError) as caught:
+        GenerationRequest(input_audio=tmp_path / "clip.wav")
+    assert str(caught.value) == (f"input_audio {tmp_path / 'clip.wav'} does not exist or is not a file; pass the "
+                                 "path of an audio file.")
+
+
+def test_the_command_says_its_input_audio_file_is_missing(tmp_path):
+    proc = _cli("--input-audio", "gone.wav", "--continuation", cwd=tmp_path,
+                env={"MUSICGEN_WEIGHTS": str(tmp_path / "never-loaded")})
+    assert (proc.returncode, proc.stderr.strip()) == (
+        2, "error: --input-audio gone.wav does not exist or is not a file; give the path of an audio file.")
