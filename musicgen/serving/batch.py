@@ -58,7 +58,7 @@ def read_requests(path: Path, defaults: dict | None = None) -> list[BatchItem]:
         name = f"{number:04d}"
         if not jsonl:
             inputs = {**(defaults or {}), "prompt": line.strip()}
-            items.append(BatchItem(name, inputs, number, _shown(inputs)))
+            items.append(BatchItem(name, inputs, number, _shown(inputs), _problem(inputs)))
             continue
         try:
             record = json.loads(line)
@@ -86,14 +86,19 @@ def read_requests(path: Path, defaults: dict | None = None) -> list[BatchItem]:
             if problem is not None:
                 error = f"line {number}: {problem}"
         inputs = {**(defaults or {}), **record}
-        if error is None:
-            try:  # what can be checked without the model fails now, before any model loads
-                GenerationRequest(**inputs, surface="batch")
-            except MusicGenError as exc:
-                error = str(exc)
         lines.setdefault(name, number)
-        items.append(BatchItem(name, inputs, number, _shown(given), error))
+        items.append(BatchItem(name, inputs, number, _shown(given), error or _problem(inputs)))
     return items
+
+
+def _problem(inputs: dict) -> str | None:
+    """What is wrong with a request's inputs that can be seen without the model (so that it fails before any
+    model loads), or None."""
+    try:
+        GenerationRequest(**inputs, surface="batch")
+    except MusicGenError as exc:
+        return str(exc)
+    return None
 
 
 def _shown(inputs: dict) -> dict:
