@@ -90,6 +90,7 @@ class Predictor(BasePredictor):
             classifier_free_guidance=classifier_free_guidance,
             output_format=output_format,
             seed=seed,
+            surface="http",  # a mistake is said in an HTTP client's words
         )
         cancel = threading.Event()
         try:  # the work runs in a thread (this prediction's logs go with it), the event loop stays free

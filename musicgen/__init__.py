@@ -4,7 +4,7 @@ Library entry points::
 
     from musicgen import MusicGen, GenerationRequest
     model = MusicGen.load("weights/musicgen-melody")
-    result = model.predict(GenerationRequest(prompt="lofi beat", duration=8))
+    result = model.predict(GenerationRequest(prompt="lofi beat", duration=8), output_dir="outputs")
     result.paths, result.seed, result.timings
 
 Packages, each importing only the ones below it (docs/architecture.md): ``musicgen.serving`` (the library's

@@ -34,11 +34,20 @@ _HELP_NOTES = {
 }
 
 
+# the defaults that are not a value the flag holds
+_DEFAULT_WORDS = {
+    "continuation_end": "the end of the clip",
+    "output_format": "the extension of -o, else wav",
+    "seed": "a random seed, printed",
+}
+
+
 def _input_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Every predictor input as a flag, with its rules (and its default, or None to leave it unset)."""
     for spec in INPUTS:
         flag = "--" + spec.name.replace("_", "-")
-        text = " ".join(filter(None, (spec.description, _HELP_NOTES.get(spec.name))))
+        words = f"(default: {_DEFAULT_WORDS[spec.name]})" if defaults and spec.name in _DEFAULT_WORDS else None
+        text = " ".join(filter(None, (spec.description, _HELP_NOTES.get(spec.name), words)))
         if spec.type is bool:
             p.add_argument(flag, action="store_true", default=spec.default if defaults else None, help=text)
             continue
@@ -48,6 +57,8 @@ def _input_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or info lines on stderr: only warnings and errors")
     p.add_argument("--weights", type=Path, default=None,
                    help="checkpoint directory (default: MUSICGEN_WEIGHTS or weights/<model>)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: MUSICGEN_DEVICE or auto)")
@@ -62,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", default=None, metavar="PROMPT", help="the prompt (or --prompt)")
     _input_flags(p)
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output file, or directory (no extension) to write into; default: the current directory; "
-                   "without --output-format the format follows the file's extension (else wav)")
+                   help="output file, .wav or .mp3: its extension picks the format (--output-format, if given, "
+                   "must agree); or a directory (an existing one, or a name without extension) to write into; "
+                   "default: the current directory")
     _model_flags(p)
     return p
 
@@ -72,7 +84,7 @@ def build_batch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musicgen batch", formatter_class=_HelpFormatter, description="Generate every request of a file into a "
                                 "directory, several at once, skipping outputs that exist (resumable).")
     p.add_argument("requests", type=Path, help="JSON Lines (one object of inputs per line, optional \"name\") "
-                   "or text (one prompt per line)")
+                   "or text (one prompt per line); blank lines and # comments are skipped")
     p.add_argument("-o", "--output", required=True,
                    help="directory, or fsspec URL (s3://bucket/run, ...), of the outputs and results.jsonl")
     p.add_argument("--concurrency", type=int, default=None,
@@ -95,36 +107,84 @@ def build_batch_parser() -> argparse.ArgumentParser:
 
 
 def batch_main(argv: list[str]) -> int:
-    from musicgen.serving.batch import run_batch
+    from musicgen.serving.batch import Batch
 
     args = build_batch_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _logging(args.quiet)
     defaults = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name) is not None}
     if not args.requests.is_file():
         print(f"error: {args.requests} is not a file.", file=sys.stderr)
         return 2
+    job = None
     try:
         if args.ray or args.ray_address is not None:
             from musicgen.serving.distributed import RayBatch, import_ray
 
+            _settings(args, args.concurrency)  # a mistaken model flag is said before the cluster starts
             import_ray()  # the missing extra is said before anything loads
-            failures = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
-                                precision=args.precision, concurrency=args.concurrency, actors=args.actors,
-                                cpus_per_actor=args.cpus_per_actor,
-                                address=args.ray_address).run()
+            job = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
+                           precision=args.precision, concurrency=args.concurrency, actors=args.actors,
+                           cpus_per_actor=args.cpus_per_actor, address=args.ray_address)
+            failures = job.run()
         else:
-            from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
+            settings = _settings(args, args.concurrency)
+            job = Batch(args.requests, args.output, defaults)  # says what is done already, before loading
+            model = None
+            if job.todo:
+                from musicgen.serving.service import MusicGen  # heavy imports only when there is work
 
-            model = MusicGen.load(args.weights, device=args.device, precision=args.precision,
-                                  concurrency=args.concurrency)
-            failures = run_batch(model, args.requests, args.output, defaults)
+                model = MusicGen.load(args.weights, settings=settings)
+            failures = job.run(model)
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the requests in flight are cancelled; what is written stays
+        done = job.summary.skipped + job.summary.generated if job is not None else 0
+        return _interrupted(f"the {done} finished file(s) in {args.output} are kept (results.jsonl says which); "
+                            "run the same command again to resume.")
     print(args.output)
     if failures:
         print(f"{failures} request(s) failed: see {args.output.rstrip('/')}/results.jsonl", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _logging(quiet: bool) -> None:
+    """Info lines and progress bars on stderr, or with --quiet only warnings and errors (bars follow the level,
+    ``musicgen.serving.progress``)."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _interrupted(line: str) -> int:
+    """Ctrl-C: one line (the cancelled work's own log lines silenced, so that it is the last), exit status 130."""
+    logging.disable(logging.CRITICAL)
+    print(f"interrupted: {line}", file=sys.stderr)
+    return 130
+
+
+_FLAGS = {"device": "--device", "precision": "--precision", "concurrency": "--concurrency"}
+
+
+def _settings(args: argparse.Namespace, concurrency: int | None):
+    """The settings of the environment with the model flags on top; a refusal names the flag that was used."""
+    from musicgen.settings import Settings
+
+    return Settings.from_env(device=args.device, precision=args.precision, concurrency=concurrency, names=_FLAGS)
+
+
+def output_format(target: Path | None, flag: str | None) -> str:
+    """The format of ``-o target``: a file's extension picks it, and ``--output-format`` (``flag``) must agree;
+    a directory (an existing one, or a name without extension) takes ``flag``, else wav."""
+    if target is None or target.is_dir() or not target.suffix:
+        return flag or "wav"
+    ext = target.suffix.lstrip(".").lower()
+    if ext not in OUTPUT_FORMATS:
+        raise MusicGenError(f"-o {target} names a .{ext} file, but the output formats are "
+                            f"{' and '.join(OUTPUT_FORMATS)}; name the file .wav or .mp3, or give a directory.")
+    if flag is not None and flag != ext:
+        raise MusicGenError(f"-o {target} names a .{ext} file but --output-format is {flag}; name the file "
+                            f"{target.with_suffix('.' + flag).name}, or leave out --output-format (the extension "
+                            "picks the format).")
+    return ext
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,23 +197,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.prompt is not None:
             parser.error("give the prompt once: as PROMPT or as --prompt")
         args.prompt = args.text
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    fmt = args.output_format
-    if fmt is None:
-        suffix = args.output.suffix.lstrip(".").lower() if args.output is not None else ""
-        fmt = suffix if suffix in OUTPUT_FORMATS else "wav"
+    _logging(args.quiet)
+    bar = None
     try:
-        request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt})
-        if request.input_audio is not None and not request.input_audio.is_file():
-            raise MusicGenError(f"--input-audio {request.input_audio} is not a file.")
-        from musicgen.serving.progress import StepBar
+        fmt = output_format(args.output, args.output_format)
+        request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt},
+                                    surface="cli")
+        from musicgen.serving.progress import MusicBar
         from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 
-        model = MusicGen.load(args.weights, device=args.device, precision=args.precision, concurrency=1)
-        produced = model.predict(request, progress=StepBar()).paths[0]
+        model = MusicGen.load(args.weights, settings=_settings(args, 1))
+        bar = MusicBar()
+        produced = model.predict(request, progress=bar).paths[0]
     except MusicGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the request is cancelled; nothing reaches -o
+        if bar is not None:
+            bar.close()
+        return _interrupted("nothing was written.")
     target = args.output or Path.cwd()
     if target.is_dir() or not target.suffix:  # a directory: keep the generated file name
         target = target / produced.name

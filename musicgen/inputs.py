@@ -37,11 +37,17 @@ class InputSpec:
     le: float | None = None
     choices: tuple[str, ...] | None = None
 
-    def check(self, value: Any) -> Any:
+    def check(self, value: Any, surface: str = "library") -> Any:
         """``value`` as this input's type (an integral float becomes an int, as JSON Schema's ``integer``
-        accepts ``2.0``), or a MusicGenError with one sentence."""
+        accepts ``2.0``), or a MusicGenError with one sentence (a file input's in the words of ``surface``,
+        see ``file_problem``)."""
         if value is None and self.optional:
             return None
+        if self.type is Path:
+            problem = file_problem(value, surface)
+            if problem is not None:
+                raise MusicGenError(problem)
+            return value
         if self.type is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if not _has_type(value, self.type) or (
@@ -49,6 +55,42 @@ class InputSpec:
         ) or (self.choices is not None and value not in self.choices):
             raise MusicGenError(f"{self.name} must be {self.rule}, got {value!r}.")
         return value
+
+
+SURFACES = ("library", "http", "cli", "batch")
+
+# how each surface spells input_audio, and what to do when it names no file
+_FILE_ADVICE = {
+    "library": ("input_audio", "pass the path of an audio file"),
+    "cli": ("--input-audio", "give the path of an audio file"),
+    "batch": ("input_audio", "fix the path (relative to the requests file) or add the file"),
+}
+
+
+def file_problem(value: Any, surface: str = "library", shown: str | None = None) -> str | None:
+    """Why ``value`` cannot be ``input_audio``, in one sentence for the surface it came through, or None when
+    it is a path-like naming a file. ``http``: Cog hands the predictor uploads, so a plain string is a client
+    that sent text instead of the audio; ``library``: a path-like (a plain string is refused everywhere, so
+    that no surface opens a path it was not handed as a file); ``cli`` / ``batch``: a path the user typed,
+    ``shown`` as they wrote it."""
+    if surface not in SURFACES:
+        raise ValueError(f"unknown surface {surface!r}")
+    if surface == "http":
+        if not isinstance(value, os.PathLike):
+            return ("input_audio must be an uploaded audio file (a file or URL), not a plain string; send the audio "
+                    f"itself, for example as a data: URI or an http(s) URL, got {value!r}.")
+        if not Path(value).is_file():
+            return "input_audio was not received as a file; upload the audio file itself."
+        return None
+    name, advice = _FILE_ADVICE[surface]
+    if not isinstance(value, os.PathLike):
+        if surface == "library" and isinstance(value, str):
+            return (f"input_audio must be a path-like object, not the plain string {value!r}; pass "
+                    f"pathlib.Path({value!r}).")
+        return f"{name} must be the path of an audio file, got {value!r}."
+    if not Path(value).is_file():
+        return f"{name} {shown or value} does not exist or is not a file; {advice}."
+    return None
 
 
 def _has_type(value: Any, kind: type) -> bool:
@@ -72,8 +114,7 @@ INPUTS: tuple[InputSpec, ...] = (
         "An audio file that will influence the generated music. If `continuation` is `True`, the generated music "
         "will be a continuation of the audio file. Otherwise, the generated music will mimic the audio file's "
         "melody.",
-        "an uploaded audio file (a file or URL), not a plain string; send the audio itself, for example as a "
-        "data: URI or an http(s) URL",
+        "an audio file (said per surface by file_problem)",
         optional=True,
     ),
     InputSpec("duration", int, 8, "Duration of the generated audio in seconds.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass
 from pathlib import Path
 
 from musicgen.errors import MusicGenError
@@ -13,8 +13,10 @@ from musicgen.inputs import DEFAULTS, INPUTS, MAX_SEED
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate. Field names, order, defaults and rules come from :mod:`musicgen.inputs`;
-    construction validates everything that can be checked without the model or the audio file. An integral
-    float for an integer input (``2.0``) is taken as that integer."""
+    construction validates everything that can be checked without the model or reading the audio (that
+    ``input_audio`` names a file included). An integral float for an integer input (``2.0``) is taken as that
+    integer. ``surface`` (not a field): where the inputs came from, ``library``, ``http``, ``cli`` or ``batch``,
+    so that a mistake is said in that surface's words (``musicgen.inputs.file_problem``)."""
 
     prompt: str | None = DEFAULTS["prompt"]
     input_audio: Path | None = DEFAULTS["input_audio"]
@@ -29,10 +31,12 @@ class GenerationRequest:
     classifier_free_guidance: int = DEFAULTS["classifier_free_guidance"]
     output_format: str = DEFAULTS["output_format"]
     seed: int | None = DEFAULTS["seed"]
+    _: KW_ONLY
+    surface: InitVar[str] = "library"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, surface: str) -> None:
         for spec in INPUTS:
-            object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+            object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name), surface))
         if self.continuation:
             if self.input_audio is None:
                 raise MusicGenError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -85,6 +85,13 @@ class Settings:
     metrics_host: str = "127.0.0.1"  # MUSICGEN_METRICS_HOST: the address the metrics bind (0.0.0.0: every interface)
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
     cache: Path | None = None  # MUSICGEN_CACHE: where .bin checkpoints not downloaded here are converted
+    # what the user set device / precision / concurrency with, when not their variables (a flag such as
+    # --device, a parameter): the refusals name it
+    names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def name(self, setting: str) -> str:
+        """How the user set ``setting`` (device, precision, concurrency): its flag or parameter, else its variable."""
+        return self.names.get(setting, f"MUSICGEN_{setting.upper()}")
 
     def __post_init__(self) -> None:
         if problem := repo_id_problem(self.model):
@@ -92,7 +99,11 @@ class Settings:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise MusicGenError(f"MUSICGEN_METRICS_PORT must be a port number (1-65535), got {self.metrics_port}.")
         if self.device not in DEVICES:
-            raise MusicGenError(f"MUSICGEN_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}.")
+            raise MusicGenError(f"{self.name('device')} must be one of {', '.join(DEVICES)}, got {self.device!r}.")
+        if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
+                                             or self.concurrency < 1):
+            raise MusicGenError(f"{self.name('concurrency')} must be a whole number, 1 or more, got "
+                                f"{self.concurrency!r}.")
         if self.step not in STEPS:
             raise MusicGenError(f"MUSICGEN_STEP must be one of {', '.join(STEPS)}, got {self.step!r}.")
         if self.step == "segments" and self.compile:
@@ -102,11 +113,13 @@ class Settings:
                 "picks the fixed step) or set MUSICGEN_COMPILE=0.")
         if self.precision not in PRECISIONS:
             raise MusicGenError(
-                f"MUSICGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+                f"{self.name('precision')} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """The settings the environment gives, with ``overrides`` (None values ignored) on top."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, names: Mapping[str, str] | None = None,
+                 **overrides) -> Settings:
+        """The settings the environment gives, with ``overrides`` (None values ignored) on top; ``names``: how
+        the overrides were given (``{"device": "--device"}``), for the refusals, which name the variable else."""
         env = os.environ if environ is None else environ
         weights, stems_weights = env.get("MUSICGEN_WEIGHTS"), env.get("MUSICGEN_STEMS_WEIGHTS")
         settings = cls(
@@ -127,7 +140,13 @@ class Settings:
             cache=Path(env["MUSICGEN_CACHE"]).expanduser() if env.get("MUSICGEN_CACHE") else (
                 Path(env["XDG_CACHE_HOME"]).expanduser() / "musicgen" if env.get("XDG_CACHE_HOME") else None),
         )
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        names = {k: v for k, v in (names or {}).items() if k in given}
+        if isinstance(given.get("device"), str):
+            given["device"] = given["device"].strip().lower()
+        if isinstance(given.get("precision"), str):
+            given["precision"] = given["precision"].strip().lower()
+        return replace(settings, names=names, **given)
 
     @property
     def weights_dir(self) -> Path:
@@ -148,7 +167,7 @@ class Settings:
 
     def torch_device(self) -> torch.device:
         """The device to serve on, or a refusal in one sentence (``musicgen.engine.device``)."""
-        return device_mod.resolve(self.device)
+        return device_mod.resolve(self.device, self.name("device"))
 
     def slots(self, device: torch.device) -> int:
         """How many requests decode at once: the setting, else the device's default."""
@@ -168,8 +187,8 @@ class Settings:
     def decode_precision(self, device: torch.device) -> str:
         """The decode precision on ``device``: MUSICGEN_PRECISION, or the device's default for auto."""
         if self.precision in ("int8", "int4") and device.type != "cpu":
-            raise MusicGenError(
-                f"MUSICGEN_PRECISION={self.precision} is a CPU option; use auto, bf16 or fp16 on a GPU.")
+            raise MusicGenError(f"{device_mod.spelled(self.name('precision'), self.precision)} is a CPU option; use "
+                                "auto, bf16 or fp16 on a GPU.")
         return default_precision(device) if self.precision == "auto" else self.precision
 
 

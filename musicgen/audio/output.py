@@ -9,12 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgen.errors import MusicGenError
+
 FORMATS = ("wav", "mp3")
 
 
 def new_output_dir(parent: str | Path | None = None) -> Path:
     """A fresh, private directory for one prediction's files."""
     return Path(tempfile.mkdtemp(prefix="musicgen-", dir=parent))
+
+
+def user_output_dir(directory: str | Path) -> Path:
+    """The caller's own ``output_dir``, created (with its parents) when it does not exist yet, or one sentence
+    saying why it cannot be."""
+    directory = Path(directory).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MusicGenError(f"output_dir {directory} cannot be created ({exc.strerror or exc}); pass a directory "
+                            "you can write to.") from exc
+    return directory
 
 
 def pcm16(wav: np.ndarray) -> np.ndarray:
@@ -37,11 +51,17 @@ def write_audio(wav: np.ndarray, sample_rate: int, directory: str | Path, fmt: s
     path = directory / f"{stem}-{uuid.uuid4().hex[:8]}.{fmt}"
     partial = path.with_name("." + path.name + ".partial")
     data = np.ascontiguousarray(np.asarray(wav, dtype=np.float32).T)
-    if fmt == "wav":
-        sf.write(partial, pcm16(data), sample_rate, subtype="PCM_16", format="WAV")
-    else:
-        # libsndfile maps compression_level 0.0 to the highest MPEG bitrate (320 kbps) in CONSTANT mode
-        sf.write(partial, data, sample_rate, format="MP3", subtype="MPEG_LAYER_III",
-                 bitrate_mode="CONSTANT", compression_level=0.0)
-    partial.rename(path)
+    try:
+        if fmt == "wav":
+            sf.write(partial, pcm16(data), sample_rate, subtype="PCM_16", format="WAV")
+        else:
+            # libsndfile maps compression_level 0.0 to the highest MPEG bitrate (320 kbps) in CONSTANT mode
+            sf.write(partial, data, sample_rate, format="MP3", subtype="MPEG_LAYER_III",
+                     bitrate_mode="CONSTANT", compression_level=0.0)
+        partial.rename(path)
+    except (OSError, sf.SoundFileError) as exc:  # not writable, full, gone: one sentence, no partial file left
+        partial.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(": ")[-1]
+        raise MusicGenError(f"The output could not be written into {directory} ({reason}); check that the "
+                            "directory exists, is writable and has free space.") from exc
     return path

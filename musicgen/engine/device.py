@@ -52,22 +52,29 @@ def _no_gpu() -> str:
             f"or newer and {CARDS}")
 
 
-def resolve(name: str) -> torch.device:
-    """The device MUSICGEN_DEVICE ``name`` (auto, cpu, cuda) means on this machine."""
+def spelled(setting: str, value: str) -> str:
+    """A setting with its value as the user gives it: ``--device cuda`` for a flag, ``MUSICGEN_DEVICE=cuda``
+    for a variable (or a parameter)."""
+    return f"{setting} {value}" if setting.startswith("-") else f"{setting}={value}"
+
+
+def resolve(name: str, setting: str = "MUSICGEN_DEVICE") -> torch.device:
+    """The device ``name`` (auto, cpu, cuda) means on this machine; ``setting``: what the user set it with, for
+    the refusal (MUSICGEN_DEVICE, --device, ...)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
         if name == "cpu" and torch.version.cuda is not None:  # a GPU build without a GPU: say so
             log.warning("MUSICGEN_DEVICE=auto: PyTorch sees no GPU (%s); serving on the CPU", _no_gpu())
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise MusicGenError(f"MUSICGEN_DEVICE=cuda but PyTorch sees no GPU: {_no_gpu()}; to serve on the "
-                                "CPU on purpose, set MUSICGEN_DEVICE=cpu.")
+            raise MusicGenError(f"{spelled(setting, 'cuda')} but PyTorch sees no GPU: {_no_gpu()}; to serve on the "
+                                f"CPU on purpose, set {spelled(setting, 'cpu')}.")
         major, minor = torch.cuda.get_device_capability()
         arch = f"sm_{major}{minor}"
         built = torch.cuda.get_arch_list()
         if built and arch not in built and f"compute_{major}{minor}" not in built:
             raise MusicGenError(
-                f"MUSICGEN_DEVICE=cuda but this GPU ({torch.cuda.get_device_name()}, {arch}) is not one PyTorch "
-                f"{torch.__version__} has kernels for ({', '.join(built)}); use {CARDS}, or set MUSICGEN_DEVICE=cpu "
-                "to serve on the CPU on purpose.")
+                f"{spelled(setting, 'cuda')} but this GPU ({torch.cuda.get_device_name()}, {arch}) is not one "
+                f"PyTorch {torch.__version__} has kernels for ({', '.join(built)}); use {CARDS}, or set "
+                f"{spelled(setting, 'cpu')} to serve on the CPU on purpose.")
     return torch.device(name)

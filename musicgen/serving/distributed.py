@@ -30,7 +30,7 @@ from pathlib import Path
 
 from musicgen.audio.audio_io import MAX_UPLOAD_BYTES
 from musicgen.serving import progress
-from musicgen.serving.batch import BatchItem, Summary, generate, output_name, plan, read_requests
+from musicgen.serving.batch import BatchItem, Summary, entry, generate, output_name, plan, read_requests
 from musicgen.errors import MusicGenError
 from musicgen.serving.store import OutputStore
 
@@ -330,8 +330,8 @@ class RayBatch:
         job.attempts += 1
         job.failed_on.add(slot.index)
         if job.attempts >= self.max_attempts:
-            store.record({"name": job.item.name, "line": job.item.line,
-                          "error": f"gave up after {job.attempts} attempts; the last one failed with: {reason}"})
+            store.record(entry(job.item, "failed",
+                               error=f"gave up after {job.attempts} attempts; the last one failed with: {reason}"))
             self.summary.failed += 1
             bar.update()
             return
@@ -341,15 +341,14 @@ class RayBatch:
     def _finish(self, job: _Job, reply: dict, store: OutputStore, scratch: Path) -> None:
         summary = self.summary
         if "error" in reply:
-            store.record({"name": job.item.name, "line": job.item.line, "error": reply["error"]})
+            store.record(entry(job.item, "failed", error=reply["error"]))
             summary.failed += 1
             return
         name = output_name(job.item)
         store.put_bytes(reply["data"], name, scratch)
-        entry = {"name": job.item.name, "file": name, "seed": reply["seed"],
-                 "seconds": round(time.monotonic() - job.started, 2)}
+        details = {"file": name, "seed": reply["seed"], "seconds": round(time.monotonic() - job.started, 2)}
         if job.attempts:
-            entry["attempts"] = job.attempts + 1
-        store.record(entry)
+            details["attempts"] = job.attempts + 1
+        store.record(entry(job.item, "generated", **details))
         summary.generated += 1
         summary.audio_seconds += reply["seconds"]

@@ -72,18 +72,27 @@ class PredictionResult:
 
 
 class ProgressLog:
-    """Logs decode progress about every 10 % (and at the end) with the decoding speed."""
+    """Logs progress in seconds of music about every 10 % (and at the end), with the speed."""
 
     def __init__(self, every: float = 0.1):
         self.every = every
         self.start = time.monotonic()
         self.next_mark = every
 
-    def __call__(self, done: int, total: int) -> None:
-        if done / total + 1e-9 >= self.next_mark or done == total:
+    def __call__(self, done: float, total: float) -> None:
+        if done / total + 1e-9 >= self.next_mark or done >= total:
             elapsed = max(time.monotonic() - self.start, 1e-9)
-            log.info("generating: %d/%d steps (%3.0f%%), %.1f steps/s", done, total, 100 * done / total, done / elapsed)
+            log.info("generating: %.1f/%.1f s of music (%3.0f%%), %.2f s of music per second", done, total,
+                     100 * done / total, done / elapsed)
             self.next_mark = (int(done / total / self.every) + 1) * self.every
+
+
+def _seconds(value: float) -> str:
+    """Seconds for a log line: ``4`` or ``3.5``."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency"}  # MusicGen.load's
 
 
 class MusicGen:
@@ -117,11 +126,12 @@ class MusicGen:
         With ``compile`` the fixed-shape decode step is compiled (and on CUDA recorded) by the scheduler at setup."""
         started = time.monotonic()
         settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
-                                                 concurrency=concurrency)
+                                                 concurrency=concurrency, names=_LOAD_PARAMETERS)
         path = hub.locate(settings, allow_download=allow_download and checkpoint is None,
                           directory=Path(checkpoint) if checkpoint is not None else None)
         dev = settings.torch_device()
         decode_precision = settings.decode_precision(dev)
+        log.info("loading %s on %s ...", path, dev)  # the line that closes it gives the time it took
         free, total = torch.cuda.mem_get_info(dev) if dev.type == "cuda" else (0, 0)
         try:
             # the fast decoder converts the decoder's weights on their way to a GPU: they stay mapped on the CPU
@@ -177,15 +187,17 @@ class MusicGen:
                 progress: Progress | None = None,
                 on_window: Callable[[WindowEvent], None] | None = None,
                 cancel: threading.Event | None = None) -> PredictionResult:
-        """Generate the request's music and write it. ``progress`` gets (steps done, steps in total);
+        """Generate the request's music and write it. ``progress`` gets (seconds of music generated, seconds
+        to generate: ``duration``, less a continuation's prompt);
         ``on_window`` each generated window (its tokens and the melody chroma it was conditioned on);
         setting ``cancel`` stops the request (``Cancelled``) and frees its place at once. Several threads may
         predict at once: their requests are decoded together (``musicgen.serving.scheduler``), each giving the bytes
         it gives alone.
 
-        Without ``output_dir`` each call writes into a fresh temporary directory, removed once enough later
-        predictions have returned and some time has passed (``musicgen.serving.retention``; pass ``output_dir`` to
-        keep the files)."""
+        Pass ``output_dir`` (created if missing) to keep the files: they are the caller's, never removed.
+        Without it the files go to a fresh temporary directory, removed no earlier than 60 s after this call
+        returns and once as many later predictions have returned as the model runs at once, and at the latest
+        when the model is collected or the process exits (``musicgen.serving.retention``)."""
         # A request's own torch work (text encoder, codec, separation) runs single-threaded, in its caller's
         # thread: the decode loop's thread is then the only one with an OpenMP thread team (a second team in
         # another thread made a decode step's small operations about 3x slower, measured on 2 cores:
@@ -217,6 +229,8 @@ class MusicGen:
                  on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:
         eng = self.engine
         started = time.monotonic()
+        if output_dir is not None:  # the caller's: made now, before any work, and never removed
+            output_dir = output.user_output_dir(output_dir)
         seed = req.resolve_seed()
         log.info("model %s, seed %d", self.name, seed)
         if not req.continuation and (req.continuation_start != 0 or req.end_seconds is not None):
@@ -224,12 +238,21 @@ class MusicGen:
         eng.check_text(req.text)
         prompt_wav, melody_wav = self._read_audio(req)
         read = time.monotonic()
+        new_s = float(req.duration)
+        if prompt_wav is not None:
+            prompt_s = prompt_wav.shape[-1] / eng.sample_rate
+            new_s -= prompt_s
+            log.info("continuation: %s s prompt + %s s new", _seconds(prompt_s), _seconds(new_s))
+        report = progress or ProgressLog()
+
+        def music_progress(done: int, total: int) -> None:  # decode steps, as seconds of new music
+            report(new_s * done / total, new_s)
 
         generator = torch.Generator(device=eng.device).manual_seed(seed)
         with self.request_work():  # text encoder, prompt codes, stems, each window's chroma
             sequence = eng.sequence(req.text, req.duration, SamplingParams.of(req), generator,
                                     prompt_wav=prompt_wav, melody_wav=melody_wav,
-                                    progress=progress or ProgressLog(), on_window=on_window)
+                                    progress=music_progress, on_window=on_window)
         self.request_work.hand_off(sequence.tensors())
         codes = self.scheduler.run(sequence, cancel)
         decoded = time.monotonic()

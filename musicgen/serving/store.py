@@ -3,9 +3,9 @@
 
 Every output appears whole and once: it is written under a temporary name beside its final one and then
 renamed (a local ``os.replace``; on object stores a copy of a complete object, which readers never see
-half-written). ``results.jsonl`` records each request's file, seed and time, or its error sentence: appended
-line by line in a directory, rewritten whole (again through a temporary name) at most every few seconds and
-at the end on a URL, where appending is not a thing.
+half-written). ``results.jsonl`` holds one line per request (keyed by its line in the requests file, so a
+rerun replaces its lines instead of adding to them): rewritten whole, again through a temporary name, at
+most every few seconds and at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class OutputStore:
         self.location = str(location)
         self._lock = threading.Lock()
         self._flush_every, self._flushed = flush_every, 0.0
+        self._entries: dict[int, dict] = {}  # results.jsonl as it will be written: line number -> entry
         if is_url(location):
             try:
                 import fsspec
@@ -41,7 +42,6 @@ class OutputStore:
             self.fs, self.root = fsspec.core.url_to_fs(self.location)
             self.fs.makedirs(self.root, exist_ok=True)
             self.local = None
-            self._results = self._read_results()
         else:
             self.fs = None
             self.local = Path(str(location).removeprefix("file://"))
@@ -50,9 +50,24 @@ class OutputStore:
     def _path(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"
 
-    def _read_results(self) -> str:
-        path = self._path(RESULTS)
-        return self.fs.cat_file(path).decode() if self.fs.exists(path) else ""
+    def results(self) -> list[dict]:
+        """The entries of results.jsonl as written (before a run's first flush: the earlier run's; lines that
+        are not JSON objects skipped)."""
+        if self.local is not None:
+            path = self.local / RESULTS
+            text = path.read_text() if path.exists() else ""
+        else:
+            path = self._path(RESULTS)
+            text = self.fs.cat_file(path).decode() if self.fs.exists(path) else ""
+        entries = []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
 
     def exists(self, name: str) -> bool:
         return (self.local / name).exists() if self.local is not None else self.fs.exists(self._path(name))
@@ -86,38 +101,33 @@ class OutputStore:
         self.put_file(source, name)
 
     def record(self, entry: dict) -> None:
-        """Add one line to results.jsonl."""
-        line = json.dumps(entry) + "\n"
+        """Set the line of results.jsonl of the request on ``entry["line"]`` (written at most every few
+        seconds, and by ``flush`` and ``close``)."""
         with self._lock:
-            if self.local is not None:
-                with open(self.local / RESULTS, "a") as f:
-                    f.write(line)
-                return
-            self._results += line
+            self._entries[entry["line"]] = entry
             if time.monotonic() - self._flushed >= self._flush_every:
                 self._flush()
 
+    def flush(self) -> None:
+        """Write results.jsonl now."""
+        with self._lock:
+            self._flush()
+
     def _flush(self) -> None:
-        partial = self._path(f".{RESULTS}.{uuid.uuid4().hex[:8]}.partial")
-        self.fs.pipe_file(partial, self._results.encode())
-        self.fs.mv(partial, self._path(RESULTS))
+        data = "".join(json.dumps(self._entries[line]) + "\n" for line in sorted(self._entries)).encode()
+        if self.local is not None:
+            partial = self.local / f".{RESULTS}.{uuid.uuid4().hex[:8]}.partial"
+            partial.write_bytes(data)
+            os.replace(partial, self.local / RESULTS)
+        else:
+            partial = self._path(f".{RESULTS}.{uuid.uuid4().hex[:8]}.partial")
+            self.fs.pipe_file(partial, data)
+            self.fs.mv(partial, self._path(RESULTS))
         self._flushed = time.monotonic()
 
     def close(self) -> None:
-        """Write what is pending (results.jsonl on a URL)."""
-        if self.local is None:
-            with self._lock:
-                self._flush()
-
-    def results(self) -> list[dict]:
-        """The entries of results.jsonl (as written so far)."""
-        if self.local is not None:
-            path = self.local / RESULTS
-            text = path.read_text() if path.exists() else ""
-        else:
-            with self._lock:
-                text = self._results
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """Write what is pending (results.jsonl)."""
+        self.flush()
 
     def __str__(self) -> str:
         return self.location
