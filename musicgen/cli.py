@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output file, .wav or .mp3: its extension picks the format (--output-format, if given, "
                    "must agree); or a directory (an existing one, or a name without extension) to write into; "
-                   "default: the current directory")
+                   "default: the current directory; - streams WAV to stdout while it is generated "
+                   "(musicgen \"lofi\" -o - | ffplay -nodisp -)")
+    p.add_argument("--stream-chunk", type=float, default=1.0, metavar="SECONDS",
+                   help="with -o -: seconds of new audio per write to stdout")
     _model_flags(p)
     return p
 
@@ -187,6 +191,26 @@ def output_format(target: Path | None, flag: str | None) -> str:
     return ext
 
 
+def _stream(model, request: GenerationRequest, chunk_seconds: float) -> int:
+    """``-o -``: a WAV stream on stdout, its samples written as they are generated (the decoder's output,
+    clipped: loudness normalization needs the whole clip)."""
+    from musicgen.audio.output import wav_stream_header, wav_stream_samples
+
+    out = sys.stdout.buffer
+    with model.stream(request, chunk_seconds=chunk_seconds) as chunks:
+        try:
+            out.write(wav_stream_header(model.sample_rate, model.engine.channels))
+            for chunk in chunks:
+                out.write(wav_stream_samples(chunk.samples))
+                out.flush()
+        except BrokenPipeError:  # the player went away: stop generating, say so once
+            logging.disable(logging.CRITICAL)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left to flush goes nowhere
+            print("stopped: the program reading stdout closed it.", file=sys.stderr)
+            return 0
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["batch"]:
@@ -199,14 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = args.text
     _logging(args.quiet)
     bar = None
+    streaming = args.output == Path("-")
     try:
-        fmt = output_format(args.output, args.output_format)
+        if streaming and args.output_format not in (None, "wav"):
+            raise MusicGenError(f"-o - streams WAV; --output-format {args.output_format} cannot be streamed: "
+                                "leave it out, or write a file with -o NAME.mp3.")
+        if not args.stream_chunk > 0:
+            raise MusicGenError(f"--stream-chunk must be a number of seconds above 0, got {args.stream_chunk}.")
+        fmt = "wav" if streaming else output_format(args.output, args.output_format)
         request = GenerationRequest(**{spec.name: getattr(args, spec.name) for spec in INPUTS} | {"output_format": fmt},
                                     surface="cli")
         from musicgen.serving.progress import MusicBar
         from musicgen.serving.service import MusicGen  # heavy imports only once the arguments are known to be good
 
         model = MusicGen.load(args.weights, settings=_settings(args, 1))
+        if streaming:
+            return _stream(model, request, args.stream_chunk)
         bar = MusicBar()
         produced = model.predict(request, progress=bar).paths[0]
     except MusicGenError as exc:

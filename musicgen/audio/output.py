@@ -3,6 +3,7 @@ prediction."""
 
 from __future__ import annotations
 
+import struct
 import tempfile
 import uuid
 from pathlib import Path
@@ -36,6 +37,20 @@ def pcm16(wav: np.ndarray) -> np.ndarray:
     float: ``x * 32768`` rounded to nearest, ties to even, then clipped to the int16 range; libsndfile
     would scale by 32767)."""
     return np.clip(np.rint(np.asarray(wav, dtype=np.float32) * np.float32(32768)), -32768, 32767).astype(np.int16)
+
+
+def wav_stream_header(sample_rate: int, channels: int) -> bytes:
+    """The header of a 16-bit PCM WAV stream whose length is not known yet (RIFF and data sizes 0xFFFFFFFF, as
+    FFmpeg writes to a pipe): players read samples until the stream ends."""
+    block = 2 * channels
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * block, block, 16)
+    return b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + \
+        b"data" + struct.pack("<I", 0xFFFFFFFF)
+
+
+def wav_stream_samples(wav: np.ndarray) -> bytes:
+    """(channels, frames) float audio as the interleaved 16-bit PCM bytes of a WAV stream."""
+    return pcm16(np.asarray(wav, dtype=np.float32).T).tobytes()
 
 
 def write_audio(wav: np.ndarray, sample_rate: int, directory: str | Path, fmt: str = "wav", stem: str = "output") -> Path:

@@ -113,6 +113,16 @@ class Sequence:
         # each window's melody chroma, computed here, in the request's own thread and on its device, before
         # the request joins a decode loop (an STFT per window would hold up every request in the loop)
         self.chromas = self._chromas()
+        # streaming (``stream``): new frames handed on as they complete
+        self.on_frames: Callable[[torch.Tensor], None] | None = None
+        self.frames_every = 1
+        self.sent = 0  # frames of the current window handed to on_frames (window coordinates)
+
+    def stream(self, on_frames: Callable[[torch.Tensor], None], every: int) -> None:
+        """Hand ``on_frames`` each run of new frames (K, n) as their last codebook is sampled, in the clip's
+        order (the prompt not included), ``every`` frames or more at a time, and the rest at each window's
+        end. It is called in the thread that decodes, so it should only hand the tensor on."""
+        self.on_frames, self.frames_every = on_frames, max(1, every)
 
     def _chromas(self) -> list[torch.Tensor | None]:
         """The chroma each window is conditioned on: the melody at the window's place in time (one window:
@@ -149,17 +159,24 @@ class Sequence:
         if windowed and self.note is not None:
             self.note(f"window {self.index + 1}/{len(self.plan)}: {ctx_len} frames of context, {n} new frames")
         self.window = WindowRun(engine, self.cond, self.context, n, self.params, self.generator)
+        self.sent = ctx_len
         return self.window
 
     def consume(self, logits: torch.Tensor) -> None:
         """The current window's next column, from its logits; counts the step."""
         self.window.consume(logits)
         self.steps += 1
+        if self.on_frames is not None:  # frame t is complete once column t + 1 + max delay is sampled
+            complete = min(self.window.N, self.window.s - 1 - self.engine.max_delay)
+            if complete - self.sent >= self.frames_every:
+                self._send(complete)
         if self.progress is not None:
             self.progress(self.steps, self.total_steps)
 
     def finish_window(self) -> None:
         ctx_len, n = self.plan[self.index]
+        if self.on_frames is not None and self.sent < self.window.N:
+            self._send(self.window.N)
         tokens = self.window.tokens()
         self.out.append(tokens[:, ctx_len:])
         if self.on_window is not None:
@@ -167,6 +184,12 @@ class Sequence:
                                        tokens[:, ctx_len:], self.chroma))
         self.context, self.end, self.window = tokens, self.end + n, None
         self.index += 1
+
+    def _send(self, upto: int) -> None:
+        window = self.window
+        columns = torch.arange(self.sent, upto, device=window.seq.device)[None] + 1 + window.delays[:, None]
+        self.on_frames(window.seq.gather(1, columns))
+        self.sent = upto
 
     def codes(self) -> torch.Tensor:
         return torch.cat(self.out, dim=1)

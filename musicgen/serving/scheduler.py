@@ -52,11 +52,13 @@ class Job:
     def __init__(self, sequence: Sequence):
         self.sequence = sequence
         # the caller's callbacks run in the caller's thread; the loop queues what they should receive
-        self._callbacks = (sequence.progress, sequence.note, sequence.on_window)
+        self._callbacks = (sequence.progress, sequence.note, sequence.on_window, sequence.on_frames)
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         sequence.progress = self._progress
         sequence.note = lambda line: self.events.put(("note", line))
         sequence.on_window = lambda event: self.events.put(("window", event))
+        if sequence.on_frames is not None:  # streaming: the completed frames, decoded to audio by the caller
+            sequence.on_frames = lambda frames: self.events.put(("frames", frames))
         self.cancelled = threading.Event()
         self.slot: int | None = None
         self.filled = 0  # positions of its cache rows written so far in the current window
@@ -81,7 +83,7 @@ class Job:
         """The codes, once decoded; meanwhile the queued progress, log lines and window events are handed
         to the caller's callbacks, in this thread. ``cancel`` (or an exception raised in this thread, such as
         Cog's cancellation) cancels the job."""
-        progress, note, on_window = self._callbacks
+        progress, note, on_window, on_frames = self._callbacks
         try:
             while True:
                 if cancel is not None and cancel.is_set():  # checked whether events flow or not
@@ -98,6 +100,8 @@ class Job:
                     note(event[1])
                 elif event[0] == "window" and on_window is not None:
                     on_window(event[1])
+                elif event[0] == "frames":
+                    on_frames(event[1])
         except BaseException:
             self.cancel()
             raise

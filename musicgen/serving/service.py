@@ -28,6 +28,7 @@ from musicgen.request import GenerationRequest
 from musicgen.serving.retention import OutputRetention
 from musicgen.engine.sampling import SamplingParams
 from musicgen.serving.scheduler import Scheduler
+from musicgen.serving.stream import DEFAULT_CHUNK_SECONDS, AudioChunk, AudioStream, ChunkedAudio
 from musicgen.settings import Settings
 from musicgen.engine.stems import StemSeparator
 
@@ -186,11 +187,15 @@ class MusicGen:
     def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
                 progress: Progress | None = None,
                 on_window: Callable[[WindowEvent], None] | None = None,
-                cancel: threading.Event | None = None) -> PredictionResult:
+                cancel: threading.Event | None = None,
+                on_audio: Callable[[AudioChunk], None] | None = None,
+                chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> PredictionResult:
         """Generate the request's music and write it. ``progress`` gets (seconds of music generated, seconds
         to generate: ``duration``, less a continuation's prompt);
         ``on_window`` each generated window (its tokens and the melody chroma it was conditioned on);
-        setting ``cancel`` stops the request (``Cancelled``) and frees its place at once. Several threads may
+        setting ``cancel`` stops the request (``Cancelled``) and frees its place at once; ``on_audio`` gets
+        the audio while it is generated, a chunk (``AudioChunk``) every ``chunk_seconds`` of new audio, in
+        this thread (``musicgen.serving.stream``; ``stream`` is the same as an iterator). Several threads may
         predict at once: their requests are decoded together (``musicgen.serving.scheduler``), each giving the bytes
         it gives alone.
 
@@ -204,9 +209,18 @@ class MusicGen:
         # libgomp throttles its spinning when teams outnumber the cores), and a request's bytes depend
         # neither on how many requests the deployment decodes at once nor on the machine's cores.
         with one_thread(), metrics.track(), self.outputs.prediction():
-            result = self._predict(req, output_dir, progress, on_window, cancel)
+            result = self._predict(req, output_dir, progress, on_window, cancel, on_audio, chunk_seconds)
         metrics.generated(req.duration)
         return result
+
+    def stream(self, req: GenerationRequest, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+               output_dir: str | Path | None = None) -> AudioStream:
+        """The request's audio while it is generated: an iterator of ``AudioChunk`` (every ``chunk_seconds``
+        of new audio, the last one flagged ``last``), decoded beside every other request in flight. Its
+        ``result`` is the prediction's once the last chunk is taken (the file written as ``predict`` writes
+        it, the same bytes); ``close()`` (or leaving a ``with`` block) before the end cancels the request."""
+        return AudioStream(lambda on_audio, cancel: self.predict(req, output_dir, cancel=cancel, on_audio=on_audio,
+                                                                 chunk_seconds=chunk_seconds))
 
     def serve_metrics(self, settings: Settings | None = None) -> None:
         """Serve Prometheus metrics (:mod:`musicgen.serving.metrics`) when MUSICGEN_METRICS_PORT is set, on
@@ -226,7 +240,8 @@ class MusicGen:
             raise
 
     def _predict(self, req: GenerationRequest, output_dir: str | Path | None, progress: Progress | None,
-                 on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None) -> PredictionResult:
+                 on_window: Callable[[WindowEvent], None] | None, cancel: threading.Event | None,
+                 on_audio: Callable[[AudioChunk], None] | None, chunk_seconds: float) -> PredictionResult:
         eng = self.engine
         started = time.monotonic()
         if output_dir is not None:  # the caller's: made now, before any work, and never removed
@@ -254,9 +269,21 @@ class MusicGen:
                                     prompt_wav=prompt_wav, melody_wav=melody_wav,
                                     progress=music_progress, on_window=on_window)
         self.request_work.hand_off(sequence.tensors())
+        chunks = None
+        if on_audio is not None:  # the prompt's audio first, then each run of frames as the loop completes it
+            chunks = ChunkedAudio(eng.codec, chunk_seconds, on_audio)
+
+            def on_frames(frames: torch.Tensor) -> None:
+                with self.request_work():  # in this thread, beside the decode loop
+                    chunks.frames(frames)
+
+            sequence.stream(on_frames, max(1, round(chunk_seconds * eng.frame_rate)))
+            on_frames(sequence.out[0])
         codes = self.scheduler.run(sequence, cancel)
         decoded = time.monotonic()
         with self.request_work():
+            if chunks is not None:
+                chunks.finish()
             wav = eng.decode(codes)
         generated = time.monotonic()
         log.info("tokens %.1f s, audio decoding %.1f s", decoded - read, generated - decoded)
