@@ -1,5 +1,7 @@
 """Cog predictor for MusicGen: the 13 inputs of docs/api.md, handed to the musicgen library. Predictions run
-concurrently (an async predict): the library decodes the requests in flight together.
+concurrently (an async predict): the library decodes the requests in flight together. The output is an
+iterator of files (Cog streams each one as it is yielded): the one final file, or with MUSICGEN_STREAM_CHUNK_S
+set a file per chunk of audio while it is generated and the final file last (docs/api.md, "Streaming").
 
 The inputs are defined once, in ``musicgen/inputs.py``. Their ``Input(...)`` arguments are repeated here as
 plain literals because ``cog build`` reads them from this file's source without running it: its static schema
@@ -12,23 +14,27 @@ import asyncio
 import logging
 import sys
 import threading
-from typing import List, Optional
+from typing import AsyncIterator, Optional
 
-from cog import BasePredictor, Input, Path, concurrent
+from cog import BasePredictor, Input, Path, concurrent, streaming
 
 from musicgen.serving.service import MusicGen
+from musicgen.settings import Settings
 
 
 class Predictor(BasePredictor):
     def setup(self) -> None:
         """Load the configured checkpoint (MUSICGEN_MODEL / MUSICGEN_WEIGHTS / MUSICGEN_DEVICE / ...)."""
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
-        self.musicgen = MusicGen.load()
+        settings = Settings.from_env()
+        self.musicgen = MusicGen.load(settings=settings)
+        self.stream_chunk_s = settings.stream_chunk_s
         self.musicgen.serve_metrics()  # Prometheus metrics for autoscaling, when MUSICGEN_METRICS_PORT is set
 
     # The most predictions Cog runs at once (cog.yaml's concurrency.max says the same; COG_MAX_CONCURRENCY
     # overrides both at run time, and MUSICGEN_CONCURRENCY, else COG_MAX_CONCURRENCY, sets how many the model
     # decodes together: docs/api.md). They are decoded together by the library's scheduler.
+    @streaming
     @concurrent(max=8)
     async def predict(
         self,
@@ -75,7 +81,7 @@ class Predictor(BasePredictor):
             description="Seed for random number generator. If None or -1, a random seed will be used.",
             default=None, ge=-1, le=4294967295,
         ),
-    ) -> List[Path]:
+    ) -> AsyncIterator[Path]:
         request = self.musicgen.request(
             prompt=prompt,
             input_audio=input_audio,
@@ -93,9 +99,10 @@ class Predictor(BasePredictor):
             surface="http",  # a mistake is said in an HTTP client's words
         )
         cancel = threading.Event()
+        files = self.musicgen.files(request, self.stream_chunk_s, cancel)
         try:  # the work runs in a thread (this prediction's logs go with it), the event loop stays free
-            result = await asyncio.to_thread(self.musicgen.predict, request, cancel=cancel)
+            while (path := await asyncio.to_thread(next, files, None)) is not None:
+                yield Path(path)
         except asyncio.CancelledError:  # Cog's cancel: the request leaves the decode loop at once
             cancel.set()
             raise
-        return [Path(p) for p in result.paths]

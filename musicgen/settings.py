@@ -59,6 +59,18 @@ def _switch(name: str, value: str | None, default: bool | None) -> bool | None:
     return text in _TRUE
 
 
+def _seconds(name: str, value: str | None) -> float:
+    """A number of seconds, 0 or more (0 when unset)."""
+    text = (value or "").strip()
+    try:
+        seconds = float(text) if text else 0.0
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 60:
+        raise MusicGenError(f"{name} must be a number of seconds from 0 (off) to 60, got {value!r}.")
+    return seconds
+
+
 def _concurrency(env: Mapping[str, str]) -> int | None:
     """MUSICGEN_CONCURRENCY, else COG_MAX_CONCURRENCY; ``auto`` is the device's default whatever
     COG_MAX_CONCURRENCY says (``make serve``: the image's predictions at once, the device's slots)."""
@@ -81,6 +93,7 @@ class Settings:
     melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
+    stream_chunk_s: float = 0.0  # MUSICGEN_STREAM_CHUNK_S: the server streams a file per chunk of this many seconds (0: off)
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
     metrics_host: str = "127.0.0.1"  # MUSICGEN_METRICS_HOST: the address the metrics bind (0.0.0.0: every interface)
     server_concurrency: int | None = None  # COG_MAX_CONCURRENCY: predictions the server runs at once
@@ -135,6 +148,7 @@ class Settings:
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
             concurrency=_concurrency(env),
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
+            stream_chunk_s=_seconds("MUSICGEN_STREAM_CHUNK_S", env.get("MUSICGEN_STREAM_CHUNK_S")),
             metrics_host=(env.get("MUSICGEN_METRICS_HOST") or "").strip() or "127.0.0.1",
             server_concurrency=_count("COG_MAX_CONCURRENCY", env.get("COG_MAX_CONCURRENCY")),
             cache=Path(env["MUSICGEN_CACHE"]).expanduser() if env.get("MUSICGEN_CACHE") else (

@@ -76,6 +76,22 @@ def _input_schema(info) -> tuple[dict, dict]:
     return schema, enums
 
 
+def _streams(module: str, predictor: str) -> bool:
+    """Whether ``predictor.predict`` is marked ``@streaming`` (Cog's decorator changes nothing at run time:
+    coglet reads the mark from this file, as ``"x-cog-streaming": true`` on ``POST /predictions``, and serves
+    ``Accept: text/event-stream`` only then)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == predictor):
+        for fn in (n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "predict"):
+            names = {d.id if isinstance(d, ast.Name) else getattr(d, "attr", None) for d in fn.decorator_list}
+            return "streaming" in names
+    return False
+
+
 def build_schema(module: str = "predict", predictor: str = "Predictor") -> dict:
     """The OpenAPI document for ``module:predictor``."""
     from cog import _inspector
@@ -135,6 +151,7 @@ def build_schema(module: str = "predict", predictor: str = "Predictor") -> dict:
                         "content": {"application/json": {"schema": {"$ref": ref + "PredictionResponse"}}}},
                 "422": _INVALID,
             },
+            **({"x-cog-streaming": True} if _streams(module, predictor) else {}),
         }},
         "/predictions/{prediction_id}/cancel": {"post": {
             "summary": "Cancel", "operationId": "cancel_predictions__prediction_id__cancel_post",

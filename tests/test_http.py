@@ -562,3 +562,47 @@ def test_compile_on_a_cpu_serves_concurrent_requests_their_solo_bytes(checkpoint
         assert [body["output"][0] for _, body in together] == alone
     finally:
         s.stop()
+
+
+def _sse(server, inputs: dict) -> list[tuple[str, dict]]:
+    """POST /predictions with ``Accept: text/event-stream``: the (event, data) pairs as they arrive."""
+    req = urllib.request.Request(server.url + "/predictions", data=json.dumps({"input": inputs}).encode(),
+                                 headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                                 method="POST")
+    events, name = [], None
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        assert resp.headers.get("Content-Type", "").startswith("text/event-stream")
+        for raw in resp:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+def test_streaming_sends_each_chunk_of_audio_as_an_output_event_and_the_whole_clip_last(checkpoints):
+    """MUSICGEN_STREAM_CHUNK_S: SSE clients get a WAV file per chunk while the request decodes and the final
+    file last (output[-1]); the chunks, joined, are the final file's audio before normalization (clip: the
+    same samples); a plain JSON request on the same server gets the same files in one response."""
+    s = CogServer(checkpoints["plain"], extra_env={"MUSICGEN_STREAM_CHUNK_S": "0.5"})
+    try:
+        s.wait_health()
+        inputs = {"prompt": "lofi", "duration": 4, "seed": 21, "normalization_strategy": "clip"}
+        events = _sse(s, inputs)
+        names = [name for name, _ in events]
+        assert names[0] == "start" and names[-1] == "completed"
+        chunks = [data["chunk"] for name, data in events if name == "output"]
+        assert len(chunks) >= 5 and names.index("output") < names.index("completed")
+        final = events[-1][1]["output"]
+        assert final == chunks  # the completed event lists what was streamed, the whole clip last
+        audio = [decode_output(uri) for uri in chunks]
+        assert all(sr == 32000 for _, sr in audio)
+        joined = np.concatenate([a for a, _ in audio[:-1]], axis=-1)
+        whole = audio[-1][0]
+        assert joined.shape == whole.shape == (1, 4 * 32000)
+        assert np.abs(joined - whole).max() <= 1 / 32768 + 1e-6
+        status, body = s.predict(inputs)
+        assert status == 200 and body["status"] == "succeeded" and body["output"] == final
+    finally:
+        s.stop()

@@ -411,7 +411,10 @@ def test_openapi_schema_describes_every_input():
         else:
             assert value["type"] == json_types[primitive], name
     assert props["input_audio"]["anyOf"][0]["format"] == "uri"
-    assert schemas["Output"] == {"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"}}
+    # still an array of URIs; coglet streams it (SSE, output webhooks) as its items are yielded
+    assert schemas["Output"] == {"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"},
+                                 "x-cog-array-type": "iterator"}
+    assert json.loads(SCHEMA_PATH.read_text())["paths"]["/predictions"]["post"]["x-cog-streaming"] is True
 
 
 def test_openapi_input_schema_accepts_null_and_integral_numbers_as_json_schema():

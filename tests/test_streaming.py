@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import read
+from conftest import read, readme_block
 from musicgen import GenerationRequest, MusicGenError
 from musicgen.engine.engine import Engine, WindowSettings
 from musicgen.engine.loading import load
@@ -138,3 +138,16 @@ def test_the_command_line_streams_a_wav_to_stdout(checkpoints, tmp_path):
     assert refused.returncode == 2 and refused.stderr.decode().strip().splitlines()[-1] == (
         "error: -o - streams WAV; --output-format mp3 cannot be streamed: leave it out, or write a file with "
         "-o NAME.mp3.")
+
+
+def test_the_readmes_streaming_command_runs_as_written(checkpoints, tmp_path):
+    """The README's `-o - | ffplay` line, the player replaced by a file: a WAV stream of the whole clip."""
+    script = readme_block("-o - |").replace(".venv/bin/musicgen", str(COMMAND))
+    script = script.replace("ffplay -nodisp -autoexit -", "cat > stream.wav")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                          timeout=600, env={**os.environ, "MUSICGEN_WEIGHTS": str(checkpoints["plain"])})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    data = (tmp_path / "stream.wav").read_bytes()
+    channels, rate = struct.unpack("<HI", data[22:28])
+    assert data[:4] == b"RIFF" and (channels, rate) == (1, 32000)
+    assert len(data) - 44 == 30 * rate * 2 * channels

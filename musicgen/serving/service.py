@@ -10,7 +10,7 @@ import shutil
 import time
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,13 +214,33 @@ class MusicGen:
         return result
 
     def stream(self, req: GenerationRequest, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-               output_dir: str | Path | None = None) -> AudioStream:
+               output_dir: str | Path | None = None, cancel: threading.Event | None = None) -> AudioStream:
         """The request's audio while it is generated: an iterator of ``AudioChunk`` (every ``chunk_seconds``
         of new audio, the last one flagged ``last``), decoded beside every other request in flight. Its
         ``result`` is the prediction's once the last chunk is taken (the file written as ``predict`` writes
-        it, the same bytes); ``close()`` (or leaving a ``with`` block) before the end cancels the request."""
-        return AudioStream(lambda on_audio, cancel: self.predict(req, output_dir, cancel=cancel, on_audio=on_audio,
-                                                                 chunk_seconds=chunk_seconds))
+        it, the same bytes); ``close()`` (or leaving a ``with`` block, or setting ``cancel``) before the end
+        cancels the request."""
+        return AudioStream(lambda on_audio, stop: self.predict(req, output_dir, cancel=stop, on_audio=on_audio,
+                                                               chunk_seconds=chunk_seconds), cancel)
+
+    def files(self, req: GenerationRequest, chunk_seconds: float = 0.0,
+              cancel: threading.Event | None = None) -> Iterator[Path]:
+        """The files a server returns for ``req``, each as soon as it is written: with ``chunk_seconds`` > 0,
+        a WAV file of each chunk of audio while it is generated (``stream``: the model's output, clipped, not
+        normalized), then the final file (always last, the same bytes as ``predict`` writes); else the final
+        file alone. They share one temporary directory, kept as ``predict``'s are."""
+        if not chunk_seconds:
+            yield from self.predict(req, cancel=cancel).paths
+            return
+        directory = output.new_output_dir()
+        try:
+            with self.stream(req, chunk_seconds, output_dir=directory, cancel=cancel) as chunks:
+                for index, chunk in enumerate(chunks):
+                    yield output.write_audio(chunk.samples, chunk.sample_rate, directory, "wav", stem=f"chunk-{index:04d}")
+            if chunks.result is not None:
+                yield from chunks.result.paths
+        finally:
+            self.outputs.returned(directory)
 
     def serve_metrics(self, settings: Settings | None = None) -> None:
         """Serve Prometheus metrics (:mod:`musicgen.serving.metrics`) when MUSICGEN_METRICS_PORT is set, on

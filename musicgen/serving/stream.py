@@ -69,11 +69,13 @@ class AudioStream:
 
     _END = object()
 
-    def __init__(self, run: Callable[[Callable[[AudioChunk], None], threading.Event], object]):
-        """``run(on_audio, cancel)``: the prediction, called in a thread of its own; returns its result."""
+    def __init__(self, run: Callable[[Callable[[AudioChunk], None], threading.Event], object],
+                 cancel: threading.Event | None = None):
+        """``run(on_audio, cancel)``: the prediction, called in a thread of its own; returns its result.
+        ``cancel``: an event that stops it as ``close`` does (set from any thread)."""
         self.result = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._cancel = threading.Event()
+        self._cancel = cancel or threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, args=(run,), name="musicgen-stream", daemon=True)
         self._thread.start()
