@@ -10,7 +10,9 @@ a hang loses only that part, and what is done is written to the report at once:
    capture, then 1, 4 and 8 concurrent requests, then 30 s of music end to end;
 3. ``decode``: ``bench/decode.py``, one request's decoding against transformers' ``generate()`` (fp32 and fp16,
    SDPA) on the same weights, each precision's agreement with fp32;
-4. ``tests``: ``tests/test_gpu.py`` (graphs decode what the segments' step decodes, no host sync, bf16 near fp32).
+4. ``stream``: ``bench/stream.py`` on musicgen-small shapes, 1, 4 and 8 requests streaming at once: time to first
+   audio, real-time factor, the largest playback stall;
+5. ``tests``: ``tests/test_gpu.py`` (graphs decode what the segments' step decodes, no host sync, bf16 near fp32).
 
 Every figure is a ``key=value`` line of a part's output; the report holds them per part, with each part's exit
 status, seconds and the keys it should have printed but did not (``missing``). The exit status is 0 only when
@@ -81,10 +83,12 @@ def parts(smoke: bool) -> list[Part]:
         served_env = {"MUSICGEN_DEVICE": os.environ.get("MUSICGEN_DEVICE", "cpu"), "MUSICGEN_STEP": "fixed",
                       "MUSICGEN_COMPILE": "0"}
         decode_args = ["--preset", "tiny", "--seconds", "0.2", "--precisions", "fp32"]
+        stream_args = ["--preset", "tiny", "--seconds", "2", "--device", os.environ.get("MUSICGEN_DEVICE", "cpu")]
     else:
         served_args = ["--preset", "medium", "--melody", "--seconds", "10", "--e2e-seconds", "30"]
         served_env = {}
         decode_args = ["--preset", "medium", "--melody", "--head-scale", "10", "--seconds", "4"]
+        stream_args = ["--preset", "small", "--seconds", "10"]
     return [
         Part("env", [py, "-c", ENV], 90, ["torch", "cuda", "transformers", "card", "driver", "copy_gb_per_s"]),
         Part("served", [py, "bench/served.py", *served_args, "--clients", "1", "4", "8"], 300, SERVED_KEYS,
@@ -92,6 +96,8 @@ def parts(smoke: bool) -> list[Part]:
         Part("decode", [py, "bench/decode.py", *decode_args], 150,
              ["peer_fp32.steps_per_s", "peer_fast.steps_per_s", "ours.steps_per_s", "ours.precision",
               "ours.gb_per_s", "ours.roofline", "ratio", "peak_gpu_gib"]),
+        Part("stream", [py, "bench/stream.py", *stream_args, "--clients", "1", "4", "8"], 90,
+             [f"c{n}.{key}" for n in (1, 8) for key in ("ttfa_s", "rtf", "stall_s")]),
         Part("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"], 120, []),
     ]
 
