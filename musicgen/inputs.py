@@ -53,11 +53,18 @@ class InputSpec:
         if not _has_type(value, self.type) or (
             (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le)
         ) or (self.choices is not None and value not in self.choices):
-            raise MusicGenError(f"{self.name} must be {self.rule}, got {value!r}.")
+            raise MusicGenError(f"{spelled(self.name, surface)} must be {self.rule}, got {value!r}.")
         return value
 
 
 SURFACES = ("library", "http", "cli", "batch")
+
+
+def spelled(name: str, surface: str = "library") -> str:
+    """How ``surface`` spells input ``name``: its flag on the command line (``--continuation-end``), the
+    field's name everywhere else."""
+    return "--" + name.replace("_", "-") if surface == "cli" else name
+
 
 # how each surface spells input_audio, and what to do when it names no file
 _FILE_ADVICE = {

@@ -7,7 +7,15 @@ from dataclasses import KW_ONLY, InitVar, dataclass
 from pathlib import Path
 
 from musicgen.errors import MusicGenError
-from musicgen.inputs import DEFAULTS, INPUTS, MAX_SEED
+from musicgen.inputs import DEFAULTS, INPUTS, MAX_SEED, spelled
+
+# continuation without a clip, said in each surface's words
+_NO_CLIP = {
+    "http": "continuation=true needs input_audio: upload the clip to continue, or set continuation=false.",
+    "cli": "--continuation needs --input-audio: give the clip to continue, or leave out --continuation.",
+    "batch": 'continuation: true needs input_audio: add the path of the clip to continue, or set "continuation": false.',
+    "library": "continuation=True needs input_audio: pass the path of the clip to continue, or set continuation=False.",
+}
 
 
 @dataclass(frozen=True)
@@ -39,13 +47,12 @@ class GenerationRequest:
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name), surface))
         if self.continuation:
             if self.input_audio is None:
-                raise MusicGenError(
-                    "continuation=true needs input_audio: upload the clip to continue, or set continuation=false."
-                )
+                raise MusicGenError(_NO_CLIP[surface])
             if self.end_seconds is not None and self.end_seconds <= self.continuation_start:
                 raise MusicGenError(
-                    f"continuation_end ({self.end_seconds} s) must be after continuation_start "
-                    f"({self.continuation_start} s); use -1 for the end of the clip."
+                    f"{spelled('continuation_end', surface)} ({self.end_seconds} s) must be after "
+                    f"{spelled('continuation_start', surface)} ({self.continuation_start} s); use -1 for the end "
+                    "of the clip."
                 )
 
     @property

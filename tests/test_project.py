@@ -280,7 +280,10 @@ def test_cli_continuation_duration_is_the_whole_output_prompt_included(checkpoin
 def test_cli_reports_bad_input_in_one_line(checkpoints):
     proc = _cli("--duration", "0", "--weights", str(checkpoints["plain"]))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: duration must be a whole number of seconds from 1 to 300, got 0."
+    assert proc.stderr.strip() == "error: --duration must be a whole number of seconds from 1 to 300, got 0."
+    proc = _cli("--continuation", "--weights", str(checkpoints["plain"]))  # said with the flags the user has
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: --continuation needs --input-audio: give the clip to "
+                                                         "continue, or leave out --continuation.")
 
 
 def test_missing_weights_give_one_clear_sentence(tmp_path):
