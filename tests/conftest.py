@@ -82,9 +82,13 @@ def melody_predictor(checkpoints):
 
 
 def run(predictor, **inputs) -> Path:
-    """Call predict() with every input at its default plus ``inputs``; return the single output path."""
-    out = asyncio.run(predictor.predict(**{**DEFAULTS, **inputs}))
-    assert isinstance(out, list) and len(out) == 1
+    """Call predict() with every input at its default plus ``inputs``, as Cog does (it iterates the files it
+    yields); return the single output path."""
+    async def files():
+        return [path async for path in predictor.predict(**{**DEFAULTS, **inputs})]
+
+    out = asyncio.run(files())
+    assert len(out) == 1
     return Path(out[0])
 
 
