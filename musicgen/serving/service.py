@@ -291,7 +291,7 @@ class MusicGen:
         self.request_work.hand_off(sequence.tensors())
         chunks = None
         if on_audio is not None:  # the prompt's audio first, then each run of frames as the loop completes it
-            chunks = ChunkedAudio(eng.codec, chunk_seconds, on_audio)
+            chunks = ChunkedAudio(eng.codec, on_audio)
 
             def on_frames(frames: torch.Tensor) -> None:
                 with self.request_work():  # in this thread, beside the decode loop

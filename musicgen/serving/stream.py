@@ -33,32 +33,26 @@ class AudioChunk:
 
 
 class ChunkedAudio:
-    """The caller's side of one streaming request: frames in (``frames``: the prompt first, then the new frames
-    the decode loop hands on), chunks of at least ``chunk_seconds`` out to ``on_audio``."""
+    """The caller's side of one streaming request: frames in (``frames``: the prompt first, then each run of new
+    frames the decode loop hands on, ``chunk_seconds`` of them at a time), and out to ``on_audio`` at once
+    whatever audio they made final: about a chunk each time (the first one 7 frames short, held back as the
+    decoder's look-ahead, which the last one brings)."""
 
-    def __init__(self, codec, chunk_seconds: float, on_audio: Callable[[AudioChunk], None]):
+    def __init__(self, codec, on_audio: Callable[[AudioChunk], None]):
         self.decoder = StreamingDecoder(codec)
         self.sample_rate, self.on_audio = codec.sample_rate, on_audio
-        self.chunk = max(1, round(chunk_seconds * codec.sample_rate))
-        self.pending: list[torch.Tensor] = []
-        self.held = 0  # samples pending
         self.sent = 0  # samples handed out
 
     def frames(self, codes: torch.Tensor) -> None:
-        self._add(self.decoder.push(codes.cpu()), last=False)
+        self._hand_out(self.decoder.push(codes.cpu()), last=False)
 
     def finish(self) -> None:
-        self._add(self.decoder.finish(), last=True)
+        self._hand_out(self.decoder.finish(), last=True)
 
-    def _add(self, audio: torch.Tensor, last: bool) -> None:
-        if audio.shape[-1]:
-            self.pending.append(audio)
-            self.held += audio.shape[-1]
-        if self.held >= self.chunk or last:
-            samples = torch.cat(self.pending, dim=-1) if self.pending else torch.zeros(self.decoder.channels, 0)
-            self.pending, self.held = [], 0
-            start, self.sent = self.sent, self.sent + samples.shape[-1]
-            self.on_audio(AudioChunk(samples.clamp(-1, 1).numpy(), self.sample_rate, start / self.sample_rate, last))
+    def _hand_out(self, audio: torch.Tensor, last: bool) -> None:
+        if audio.shape[-1] or last:
+            start, self.sent = self.sent, self.sent + audio.shape[-1]
+            self.on_audio(AudioChunk(audio.clamp(-1, 1).numpy(), self.sample_rate, start / self.sample_rate, last))
 
 
 class AudioStream:
