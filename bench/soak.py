@@ -10,7 +10,6 @@ left behind.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import os
@@ -83,7 +82,7 @@ def main() -> int:
     rss = {"start": rss_mib()}
     started = time.monotonic()
     for i in range(args.count):
-        out = asyncio.run(predictor.predict(**{**base, **kinds[i % len(kinds)], "seed": i}))
+        out = bench.predict_files(predictor, **{**base, **kinds[i % len(kinds)], "seed": i})
         assert Path(out[0]).is_file()
         if i + 1 == warmup:
             rss["warm"] = rss_mib()

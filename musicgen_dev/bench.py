@@ -21,3 +21,14 @@ def work_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def predict_files(predictor, **inputs) -> list[Path]:
+    """The files of one call of the Cog predictor's ``predict`` (an async generator: Cog iterates what it
+    yields, the final file last), called as Cog calls it, outside a server."""
+    import asyncio
+
+    async def files() -> list[Path]:
+        return [Path(path) async for path in predictor.predict(**inputs)]
+
+    return asyncio.run(files())

@@ -3,7 +3,6 @@ them through the real loading path, and test audio written to disk."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from pathlib import Path
@@ -84,12 +83,10 @@ def melody_predictor(checkpoints):
 def run(predictor, **inputs) -> Path:
     """Call predict() with every input at its default plus ``inputs``, as Cog does (it iterates the files it
     yields); return the single output path."""
-    async def files():
-        return [path async for path in predictor.predict(**{**DEFAULTS, **inputs})]
+    from musicgen_dev.bench import predict_files
 
-    out = asyncio.run(files())
-    assert len(out) == 1
-    return Path(out[0])
+    [out] = predict_files(predictor, **{**DEFAULTS, **inputs})
+    return out
 
 
 def in_threads(call, count: int, timeout: float = 600) -> list:

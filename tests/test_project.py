@@ -87,7 +87,8 @@ def test_predictor_declares_exactly_the_library_inputs():
         assert (f.ge, f.le) == (spec.ge, spec.le), f.name
         assert f.choices == (list(spec.choices) if spec.choices else None), f.name
         assert f.description == spec.description, f.name
-    assert info.output.kind.name == "LIST" and info.output.type.name == "PATH"
+    # files yielded one by one (Cog streams them; a plain response is their array, as the seed's List[Path])
+    assert info.output.kind.name == "ITERATOR" and info.output.type.name == "PATH"
 
 
 def test_predict_py_is_readable_by_cogs_static_schema_generator():
@@ -131,10 +132,10 @@ def test_cog_yaml_is_valid_against_cogs_schema():
     assert str(config["build"]["python_version"]) == "3.11"
     assert config["predict"] == "predict.py:Predictor"
     assert (ROOT / config["build"]["python_requirements"]).is_file()
-    # concurrent predictions: an async predict whose decorator says what cog.yaml says
+    # concurrent predictions: an async (generator) predict whose decorator says what cog.yaml says
     from predict import Predictor
 
-    assert inspect.iscoroutinefunction(Predictor.predict)
+    assert inspect.isasyncgenfunction(Predictor.predict)
     assert Predictor.predict.__cog_concurrent_max__ == config["concurrency"]["max"] == 8
 
 
