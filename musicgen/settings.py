@@ -93,6 +93,7 @@ class Settings:
     melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
+    mbd_weights: Path | None = None  # MUSICGEN_MBD_WEIGHTS: MultiBand Diffusion (default weights/multiband-diffusion)
     stream_chunk_s: float = 0.0  # MUSICGEN_STREAM_CHUNK_S: the server streams a file per chunk of this many seconds (0: off)
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
     metrics_host: str = "127.0.0.1"  # MUSICGEN_METRICS_HOST: the address the metrics bind (0.0.0.0: every interface)
@@ -146,6 +147,7 @@ class Settings:
             offline=flag(env.get("HF_HUB_OFFLINE")),
             melody_stems=_switch("MUSICGEN_MELODY_STEMS", env.get("MUSICGEN_MELODY_STEMS"), True),
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
+            mbd_weights=Path(env["MUSICGEN_MBD_WEIGHTS"]).expanduser() if env.get("MUSICGEN_MBD_WEIGHTS") else None,
             concurrency=_concurrency(env),
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
             stream_chunk_s=_seconds("MUSICGEN_STREAM_CHUNK_S", env.get("MUSICGEN_STREAM_CHUNK_S")),
@@ -178,6 +180,11 @@ class Settings:
     def stems_dir(self) -> Path:
         """Where the HTDemucs bag lives: MUSICGEN_STEMS_WEIGHTS, else weights/htdemucs."""
         return self.stems_weights if self.stems_weights is not None else WEIGHTS_ROOT / STEMS_MODEL
+
+    @property
+    def mbd_dir(self) -> Path:
+        """Where the MultiBand Diffusion weights live: MUSICGEN_MBD_WEIGHTS, else weights/multiband-diffusion."""
+        return self.mbd_weights if self.mbd_weights is not None else WEIGHTS_ROOT / "multiband-diffusion"
 
     def torch_device(self) -> torch.device:
         """The device to serve on, or a refusal in one sentence (``musicgen.engine.device``)."""

@@ -109,3 +109,93 @@ def test_codec_latent_is_audiocrafts_decode_latent(ref):
     for layer, book in zip(quantizer.layers, books):
         layer.codebook.embed.copy_(book)
     close(codec_latent(quantizer, ref["latent.codes"]), ref["latent.out"])
+
+
+# --- the published weights: restricted unpickling, conversion, download, missing weights -----------------------
+
+class _Planted:
+    """What a malicious pickle carries: unpickling it would run a command that creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_checkpoint_converts_to_the_fixtures():
+    """audiocraft's pickle (omegaconf configs included) read without omegaconf: the same configs and tensors."""
+    import json
+
+    from musicgen.engine.mbd_weights import read_checkpoint
+
+    config, tensors = read_checkpoint(DATA / "mbd_tiny.th")
+    assert config == json.loads((DATA / "mbd.json").read_text())
+    expected = load_file(str(DATA / "mbd.safetensors"))
+    assert sorted(tensors) == sorted(expected)
+    assert all(torch.equal(tensors[k], expected[k]) for k in expected)
+
+
+def test_a_planted_payload_is_refused_before_it_runs(tmp_path):
+    from musicgen import WeightsNotFoundError
+    from musicgen.engine.mbd_weights import read_checkpoint
+
+    marker = tmp_path / "ran"
+    state = {"weight": torch.zeros(2)}
+    pkg = {"sample_rate": 32000, "n_bands": 1, 0: {"cfg": _Planted(marker), "model_state": state,
+                                                   "processor_state": {}}}
+    torch.save(pkg, tmp_path / "mbd_musicgen_32khz.th")
+    with pytest.raises(WeightsNotFoundError, match=r"posix.system is not allowed|os.system is not allowed") as info:
+        read_checkpoint(tmp_path / "mbd_musicgen_32khz.th")
+    assert not marker.exists()
+    assert "python -m musicgen.hub --mbd" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_downloaded_verified_converted_once_and_loaded(tmp_path):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from hub_stand_in import HubStandIn
+
+    published = tmp_path / "published"
+    published.mkdir()
+    shutil.copy(DATA / "mbd_tiny.th", published / "mbd_musicgen_32khz.th")
+    (published / "README.md").write_text("not fetched\n")
+    target = tmp_path / "mbd"
+    with HubStandIn({"facebook/multiband-diffusion": published}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        cmd = [sys.executable, "-m", "musicgen.hub", "--mbd", "--dir", str(target)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads((target / "musicgen-manifest.json").read_text())
+        assert (manifest["repo"], manifest["commit"], manifest["state"]) == (
+            "facebook/multiband-diffusion", hub.commit("facebook/multiband-diffusion"), "verified")
+        assert sorted(manifest["files"]) == ["mbd.json", "mbd.safetensors", "mbd_musicgen_32khz.th"]
+        assert manifest["files"]["mbd.safetensors"]["converted_from"] == ["mbd_musicgen_32khz.th"]
+        assert manifest["files"]["mbd_musicgen_32khz.th"]["sha256"]
+        converted = (target / "mbd.safetensors").stat().st_mtime_ns
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert (target / "mbd.safetensors").stat().st_mtime_ns == converted  # converted once
+    ref = load_file(str(DATA / "reference.safetensors"))
+    out = MultiBandDiffusion.load(target).decode(ref["decode.emb"], ref["decode.encodec"],
+                                                 torch.Generator().manual_seed(SEED))
+    close(out, ref["decode.out"])
+
+
+def test_missing_weights_name_the_folder_and_the_command(tmp_path):
+    from musicgen import Settings, WeightsNotFoundError
+    from musicgen.hub import locate_mbd
+
+    settings = Settings.from_env({"MUSICGEN_MBD_WEIGHTS": str(tmp_path / "mbd"), "HF_HUB_OFFLINE": "1"})
+    with pytest.raises(WeightsNotFoundError) as info:
+        locate_mbd(settings)
+    sentence = str(info.value)
+    assert str(tmp_path / "mbd") in sentence and "python -m musicgen.hub --mbd" in sentence
+    assert "MUSICGEN_DECODER=mbd" in sentence and sentence.count(". ") == 0 and "\n" not in sentence
