@@ -199,3 +199,91 @@ def test_missing_weights_name_the_folder_and_the_command(tmp_path):
     sentence = str(info.value)
     assert str(tmp_path / "mbd") in sentence and "python -m musicgen.hub --mbd" in sentence
     assert "MUSICGEN_DECODER=mbd" in sentence and sentence.count(". ") == 0 and "\n" not in sentence
+
+
+# --- the decoder as a setting: library request field, MUSICGEN_DECODER, --decoder, stereo ----------------------
+
+@pytest.fixture(scope="module")
+def mbd_settings():
+    from musicgen import Settings
+
+    return lambda **env: Settings.from_env({"MUSICGEN_MBD_WEIGHTS": str(DATA), "MUSICGEN_DEVICE": "cpu",
+                                            "HF_HUB_OFFLINE": "1", **env})
+
+
+def _samples(path):
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return data, sr
+
+
+def test_a_request_decoded_by_mbd_is_seeded_and_differs_from_encodec(checkpoints, mbd_settings, tmp_path):
+    from musicgen import GenerationRequest, MusicGen
+
+    service = MusicGen.load(checkpoints["plain"], settings=mbd_settings())
+    assert service.settings.decoder == "encodec"  # the deployment's default; the request asks for MBD
+    ask = dict(prompt="drums", duration=1, seed=7, normalization_strategy="peak")
+    one = service.predict(GenerationRequest(**ask, decoder="mbd"), output_dir=tmp_path / "a").paths[0]
+    two = service.predict(GenerationRequest(**ask, decoder="mbd"), output_dir=tmp_path / "b").paths[0]
+    plain = service.predict(GenerationRequest(**ask), output_dir=tmp_path / "c").paths[0]
+    assert one.read_bytes() == two.read_bytes()  # MBD's noise from the request's seed
+    (a, sr), (c, _) = _samples(one), _samples(plain)
+    assert sr == 32000 and a.shape == c.shape == (32000, 1)
+    assert np_max_abs(a - c) > 1e-3
+
+
+def np_max_abs(x) -> float:
+    return float(abs(x).max())
+
+
+def test_stereo_is_decoded_channel_by_channel(checkpoints, mbd_settings):
+    from musicgen import MusicGen
+
+    service = MusicGen.load(checkpoints["plain-stereo"], settings=mbd_settings(MUSICGEN_DECODER="mbd"))
+    eng, mbd = service.engine, service.mbd()
+    codes = torch.randint(0, eng.codec.model.config.codebook_size, (eng.num_codebooks, 10))
+    encodec_wav = eng.decode(codes)
+    out = mbd.decode_codes(eng.codec.model.quantizer, codes, encodec_wav, torch.Generator().manual_seed(5))
+    assert out.shape == encodec_wav.shape == (2, 6400)
+    left = mbd.decode_codes(eng.codec.model.quantizer, codes[0::2], encodec_wav[:1], torch.Generator().manual_seed(5))
+    close(out[:1], left)  # the left codebooks first, against the left EnCodec channel
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def test_mbd_asked_without_weights_refuses_setup_in_one_sentence(checkpoints, mbd_settings, tmp_path):
+    from musicgen import MusicGen, WeightsNotFoundError
+
+    settings = mbd_settings(MUSICGEN_DECODER="mbd", MUSICGEN_MBD_WEIGHTS=str(tmp_path / "none"))
+    with pytest.raises(WeightsNotFoundError, match="python -m musicgen.hub --mbd") as info:
+        MusicGen.load(checkpoints["plain"], settings=settings)
+    assert str(tmp_path / "none") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_decoder_is_checked_where_it_is_given():
+    from musicgen import GenerationRequest, MusicGenError, Settings
+
+    with pytest.raises(MusicGenError, match="MUSICGEN_DECODER must be one of encodec, mbd, got 'wavenet'"):
+        Settings.from_env({"MUSICGEN_DECODER": "wavenet"})
+    with pytest.raises(MusicGenError, match="decoder must be one of encodec, mbd, got 'x'"):
+        GenerationRequest(prompt="a", decoder="x")
+
+
+def test_the_command_line_decodes_with_mbd(checkpoints, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "MUSICGEN_MBD_WEIGHTS": str(DATA), "MUSICGEN_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
+    base = [sys.executable, "-m", "musicgen", "beat", "--weights", str(checkpoints["plain"]), "--duration", "1",
+            "--seed", "3", "-q"]
+    proc = subprocess.run(base + ["--decoder", "mbd", "-o", str(tmp_path / "m.wav")], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert _samples(tmp_path / "m.wav")[0].shape == (32000, 1)
+    bad = subprocess.run(base + ["--decoder", "mbd", "-o", str(tmp_path / "n.wav")], capture_output=True, text=True,
+                         env={**env, "MUSICGEN_MBD_WEIGHTS": str(tmp_path / "none")}, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and not (tmp_path / "n.wav").exists()
+    assert "python -m musicgen.hub --mbd" in bad.stderr and str(tmp_path / "none") in bad.stderr

@@ -350,6 +350,21 @@ class MultiBandDiffusion:
             out += band * (band_ref.std() / band.std()) ** strictness
         return out
 
+    def decode_codes(self, quantizer, codes: torch.Tensor, encodec_wav: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Codes (K, frames) -> audio (channels, samples) like ``encodec_wav`` (the EnCodec decode of the same
+        codes, float32 on the CPU): a stereo checkpoint's interleaved codebooks (L0 R0 L1 R1 ...) are decoded
+        channel by channel, the left then the right, each against its own EnCodec channel."""
+        channels = encodec_wav.shape[0]
+        device = self.re_eq_split.filters.device
+        out = []
+        for c in range(channels):
+            own = codes[c::channels] if channels > 1 else codes
+            latent = codec_latent(quantizer, own[None].to(quantizer.layers[0].codebook.embed.device))
+            ref = encodec_wav[c][None, None].to(device)
+            out.append(self.decode(latent.to(device, torch.float32), ref, generator)[0, 0])
+        return torch.stack(out).float().cpu()
+
     def decode(self, latent: torch.Tensor, encodec_wav: torch.Tensor, generator: torch.Generator,
                steps: list[int] | None = None) -> torch.Tensor:
         """Audio (B, 1, samples) for the codec ``latent`` (B, D, frames), equalized like ``encodec_wav``."""
