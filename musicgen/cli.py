@@ -131,7 +131,7 @@ def batch_main(argv: list[str]) -> int:
             import_ray()  # the missing extra is said before anything loads
             job = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
                            precision=args.precision, concurrency=args.concurrency, actors=args.actors,
-                           cpus_per_actor=args.cpus_per_actor, address=args.ray_address)
+                           cpus_per_actor=args.cpus_per_actor, address=args.ray_address, decoder=args.decoder)
             failures = job.run()
         else:
             settings = _settings(args, args.concurrency)

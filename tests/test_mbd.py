@@ -287,3 +287,26 @@ def test_the_command_line_decodes_with_mbd(checkpoints, tmp_path):
                          env={**env, "MUSICGEN_MBD_WEIGHTS": str(tmp_path / "none")}, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and not (tmp_path / "n.wav").exists()
     assert "python -m musicgen.hub --mbd" in bad.stderr and str(tmp_path / "none") in bad.stderr
+
+
+def test_a_batch_with_decoder_mbd_gives_the_librarys_audio(checkpoints, mbd_settings, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from musicgen import GenerationRequest, MusicGen
+
+    (tmp_path / "prompts.txt").write_text("lofi beat\n")
+    command = Path(sys.executable).parent / "musicgen"
+    env = {**os.environ, "MUSICGEN_MBD_WEIGHTS": str(DATA), "MUSICGEN_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(command), "batch", "prompts.txt", "-o", "out", "--weights", str(checkpoints["plain"]),
+                           "--duration", "1", "--seed", "3", "--decoder", "mbd", "-q"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    service = MusicGen.load(checkpoints["plain"], settings=mbd_settings())
+    ours = service.predict(GenerationRequest(prompt="lofi beat", duration=1, seed=3, decoder="mbd"),
+                           output_dir=tmp_path / "lib").paths[0]
+    encodec = service.predict(GenerationRequest(prompt="lofi beat", duration=1, seed=3), output_dir=tmp_path / "e")
+    batch = _samples(tmp_path / "out" / "0001.wav")[0]
+    assert (batch == _samples(ours)[0]).all()
+    assert not (batch == _samples(encodec.paths[0])[0]).all()

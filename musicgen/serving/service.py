@@ -93,7 +93,7 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency"}  # MusicGen.load's
+_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency", "decoder": "decoder"}  # MusicGen.load's
 
 
 class MusicGen:
@@ -136,14 +136,16 @@ class MusicGen:
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
              windows: WindowSettings | None = None, allow_download: bool = True,
              precision: str | None = None, backend: str = "fast", compile: bool | None = None,
-             settings: Settings | None = None, concurrency: int | None = None) -> MusicGen:
+             settings: Settings | None = None, concurrency: int | None = None,
+             decoder: str | None = None) -> MusicGen:
         """Load ``checkpoint`` (a directory), or the configured model; ``settings`` default to
-        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision``, ``compile`` and ``concurrency``
-        (requests decoded at once) override them.
+        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision``, ``compile``, ``concurrency``
+        (requests decoded at once) and ``decoder`` (``encodec`` or ``mbd``) override them.
         With ``compile`` the fixed-shape decode step is compiled (and on CUDA recorded) by the scheduler at setup."""
         started = time.monotonic()
         settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
-                                                 concurrency=concurrency, names=_LOAD_PARAMETERS)
+                                                 concurrency=concurrency, decoder=decoder,
+                                                 names=_LOAD_PARAMETERS)
         path = hub.locate(settings, allow_download=allow_download and checkpoint is None,
                           directory=Path(checkpoint) if checkpoint is not None else None)
         dev = settings.torch_device()
