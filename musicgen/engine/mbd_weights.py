@@ -2,9 +2,10 @@
 converted once to ``mbd.safetensors`` + ``mbd.json``, the form ``musicgen.engine.mbd`` loads.
 
 The pickle is read by a restricted unpickler: only the globals such a checkpoint needs are resolved (tensor
-rebuilding, ``OrderedDict``/``defaultdict``/``dict``, ``typing.Any`` and omegaconf's config and node classes, the
-latter as inert stand-ins that merely hold their pickled state); any other global, the way a planted payload
-would run code, is refused before anything is called. omegaconf itself is not needed.
+rebuilding, ``OrderedDict``/``defaultdict``, builtin containers and scalars, ``typing.Any``, and omegaconf's
+classes as inert stand-ins that merely hold their pickled state, whatever omegaconf version wrote them); any
+other global, the way a planted payload would run code, is refused before anything is called. omegaconf itself is
+not needed. Of each band's config only what the decoder reads is kept (``BAND_KEYS``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,6 @@ class _Pickled:
         self.__dict__.update(state if isinstance(state, dict) else {"state": state})
 
 
-_OMEGACONF = {
-    ("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
-    ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata"),
-    *(("omegaconf.nodes", n) for n in ("AnyNode", "StringNode", "FloatNode", "IntegerNode", "BooleanNode",
-                                       "BytesNode", "PathNode", "ValueNode")),
-}
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
@@ -48,7 +43,8 @@ _ALLOWED = {
 }
 _ALLOWED.update({("__builtin__", name): value for (module, name), value in list(_ALLOWED.items())
                  if module == "builtins"})  # protocol 2 pickles name them so
-_STAND_INS = {key: type(key[1], (_Pickled,), {"__module__": __name__}) for key in _OMEGACONF}
+_STAND_INS: dict[tuple[str, str], type] = {}  # omegaconf's classes (any version's) -> inert stand-ins
+BAND_KEYS = ("channels", "schedule", "diffusion_unet", "processor")  # what the decoder reads of a band's config
 
 
 class _Unpickler(pickle.Unpickler):
@@ -56,8 +52,8 @@ class _Unpickler(pickle.Unpickler):
         key = (module, name)
         if key in _ALLOWED:
             return _ALLOWED[key]
-        if key in _STAND_INS:
-            return _STAND_INS[key]
+        if module == "omegaconf" or module.startswith("omegaconf."):  # data only: no method of theirs runs
+            return _STAND_INS.setdefault(key, type(name, (_Pickled,), {"__module__": __name__}))
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in MBD weights")
 
 
@@ -99,7 +95,10 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors: dict[str, torch.Tensor] = {}
         for band in range(config["n_bands"]):
             entry = pkg[band]
-            config["bands"].append(_plain(entry["cfg"]))
+            band_cfg = entry["cfg"].__dict__.get("_content") if isinstance(entry["cfg"], _Pickled) else entry["cfg"]
+            if not isinstance(band_cfg, dict):
+                raise pickle.UnpicklingError(f"band {band} has no config")
+            config["bands"].append({k: _plain(band_cfg[k]) for k in BAND_KEYS if k in band_cfg})
             for part, state in (("model", entry["model_state"]), ("processor", entry["processor_state"])):
                 for name, tensor in state.items():
                     if not isinstance(tensor, torch.Tensor):
