@@ -123,6 +123,11 @@ class Settings:
                                 f"{self.concurrency!r}.")
         if self.decoder not in DECODERS:
             raise MusicGenError(f"{self.name('decoder')} must be one of {', '.join(DECODERS)}, got {self.decoder!r}.")
+        if self.decoder == "mbd" and self.stream_chunk_s > 0:
+            raise MusicGenError(
+                f"{self.name('decoder')}=mbd decodes each clip whole once its tokens are done, so it cannot stream "
+                f"MUSICGEN_STREAM_CHUNK_S={self.stream_chunk_s:g} chunks: set MUSICGEN_STREAM_CHUNK_S=0, or "
+                "MUSICGEN_DECODER=encodec to stream.")
         if self.step not in STEPS:
             raise MusicGenError(f"MUSICGEN_STEP must be one of {', '.join(STEPS)}, got {self.step!r}.")
         if self.step == "segments" and self.compile:

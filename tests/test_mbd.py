@@ -231,6 +231,11 @@ def test_a_request_decoded_by_mbd_is_seeded_and_differs_from_encodec(checkpoints
     (a, sr), (c, _) = _samples(one), _samples(plain)
     assert sr == 32000 and a.shape == c.shape == (32000, 1)
     assert np_max_abs(a - c) > 1e-3
+    from musicgen import MusicGenError
+
+    with pytest.raises(MusicGenError, match="cannot be streamed"):
+        with service.stream(GenerationRequest(**ask, decoder="mbd")) as chunks:
+            list(chunks)
 
 
 def np_max_abs(x) -> float:
@@ -267,6 +272,8 @@ def test_the_decoder_is_checked_where_it_is_given():
         Settings.from_env({"MUSICGEN_DECODER": "wavenet"})
     with pytest.raises(MusicGenError, match="decoder must be one of encodec, mbd, got 'x'"):
         GenerationRequest(prompt="a", decoder="x")
+    with pytest.raises(MusicGenError, match="MUSICGEN_DECODER=mbd .* cannot stream .* MUSICGEN_STREAM_CHUNK_S=0"):
+        Settings.from_env({"MUSICGEN_DECODER": "mbd", "MUSICGEN_STREAM_CHUNK_S": "1"})  # refused at setup
 
 
 def test_the_command_line_decodes_with_mbd(checkpoints, tmp_path):
