@@ -345,9 +345,10 @@ def locate(settings: Settings, allow_download: bool = True, directory: Path | No
     """A directory that may be used for the configured checkpoint (``directory``, else the setting's),
     downloading or repairing it when allowed and possible; else WeightsNotFoundError with one sentence."""
     directory = directory or settings.weights_dir
-    if weights_in(directory, None) is STEMS:
+    other = weights_in(directory, None)
+    if other in (STEMS, MBD):
         raise WeightsNotFoundError(
-            f"{directory} is the folder of the {STEMS.what} ({STEMS.repo}, the one MUSICGEN_STEMS_WEIGHTS is for), "
+            f"{directory} is the folder of the {other.what} ({other.repo}, the one {other.setting} is for), "
             f"not a MusicGen checkpoint: point --weights (MUSICGEN_WEIGHTS) at the checkpoint's own folder, "
             f"{weights_dir_for(settings.model)} by default, where `{checkpoint(settings.model).command}` puts it.")
     weights = checkpoint(repo_of(directory, settings.model))

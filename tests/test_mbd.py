@@ -183,6 +183,11 @@ def test_downloaded_verified_converted_once_and_loaded(tmp_path):
         again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
         assert again.returncode == 0, again.stderr
         assert (target / "mbd.safetensors").stat().st_mtime_ns == converted  # converted once
+    from musicgen import Settings, WeightsNotFoundError
+    from musicgen.hub import locate
+
+    with pytest.raises(WeightsNotFoundError, match="is the folder of the MultiBand Diffusion weights .*MUSICGEN_MBD"):
+        locate(Settings.from_env({"HF_HUB_OFFLINE": "1"}), directory=target)  # given as the MusicGen checkpoint
     ref = load_file(str(DATA / "reference.safetensors"))
     out = MultiBandDiffusion.load(target).decode(ref["decode.emb"], ref["decode.encodec"],
                                                  torch.Generator().manual_seed(SEED))
