@@ -3,7 +3,7 @@ PROMPT ?= lofi hip hop beat with mellow piano and soft drums
 DURATION ?= 8
 MODEL ?= facebook/musicgen-melody
 
-.PHONY: venv predict test weights serve schema
+.PHONY: venv predict test weights weights-mbd serve schema
 venv:
 	bash scripts/setup.sh
 predict:
@@ -13,6 +13,8 @@ test:
 weights: venv
 	.venv/bin/python -m musicgen.hub "$(MODEL)"
 	.venv/bin/python -m musicgen.hub --stems
+weights-mbd: venv
+	.venv/bin/python -m musicgen.hub --mbd
 serve:
 	bash scripts/serve.sh
 schema: venv

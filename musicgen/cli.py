@@ -63,6 +63,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None,
                    help="checkpoint directory (default: MUSICGEN_WEIGHTS or weights/<model>)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: MUSICGEN_DEVICE or auto)")
+    p.add_argument("--decoder", default=None, choices=("encodec", "mbd"),
+                   help="tokens to audio: encodec, or mbd (MultiBand Diffusion: fewer codec artifacts, 80 U-Net "
+                   "passes more; weights from `python -m musicgen.hub --mbd`) (default: MUSICGEN_DECODER or encodec)")
     p.add_argument("--precision", default=None,
                    help="decode precision: auto, fp32, bf16, fp16, or on CPU int8 or int4 (default: MUSICGEN_PRECISION or auto)")
 
@@ -128,7 +131,7 @@ def batch_main(argv: list[str]) -> int:
             import_ray()  # the missing extra is said before anything loads
             job = RayBatch(args.requests, args.output, defaults, weights=args.weights, device=args.device,
                            precision=args.precision, concurrency=args.concurrency, actors=args.actors,
-                           cpus_per_actor=args.cpus_per_actor, address=args.ray_address)
+                           cpus_per_actor=args.cpus_per_actor, address=args.ray_address, decoder=args.decoder)
             failures = job.run()
         else:
             settings = _settings(args, args.concurrency)
@@ -165,14 +168,15 @@ def _interrupted(line: str) -> int:
     return 130
 
 
-_FLAGS = {"device": "--device", "precision": "--precision", "concurrency": "--concurrency"}
+_FLAGS = {"device": "--device", "precision": "--precision", "concurrency": "--concurrency", "decoder": "--decoder"}
 
 
 def _settings(args: argparse.Namespace, concurrency: int | None):
     """The settings of the environment with the model flags on top; a refusal names the flag that was used."""
     from musicgen.settings import Settings
 
-    return Settings.from_env(device=args.device, precision=args.precision, concurrency=concurrency, names=_FLAGS)
+    return Settings.from_env(device=args.device, precision=args.precision, concurrency=concurrency,
+                             decoder=args.decoder, names=_FLAGS)
 
 
 def output_format(target: Path | None, flag: str | None) -> str:

@@ -13,7 +13,8 @@ to: nothing is downloaded into a directory that holds files but no manifest of t
 repository (``python -m musicgen.hub --replace`` asks for it).
 
 From the command line: ``python -m musicgen.hub [MODEL] [--dir DIR] [--revision REV]`` fetches a checkpoint,
-``python -m musicgen.hub --stems`` the HTDemucs bag (``make weights`` runs both), and
+``python -m musicgen.hub --stems`` the HTDemucs bag (``make weights`` runs both), ``python -m musicgen.hub --mbd``
+the MultiBand Diffusion decoder's weights (``make weights-mbd``; converted once to safetensors), and
 ``python -m musicgen.hub --verify DIR`` checks a directory's files against its manifest. A target directory that
 holds someone else's files is refused unless ``--replace`` is given.
 """
@@ -29,12 +30,26 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from musicgen.engine import layout, stems
+from musicgen.engine import layout, mbd_weights, stems
 from musicgen.errors import MusicGenError, WeightsNotFoundError
 from musicgen.manifest import DOWNLOADING, FAILED, NAME, VERIFIED, VERIFYING, FileRecord, Manifest
 from musicgen.settings import Settings, repo_id_problem, weights_dir_for
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """Downloaded files converted once verified: the ones ending in ``suffix`` into ``targets``, by ``run``
+    (called with the directory)."""
+
+    suffix: str
+    targets: tuple[str, ...]
+    run: Callable[[Path], object]
+
+
+BIN = Conversion(".bin", (layout.SAFETENSORS,), layout.convert_bin)
+TH = Conversion(".th", (mbd_weights.SAFETENSORS, mbd_weights.CONFIG), mbd_weights.convert)
 
 
 @dataclass(frozen=True)
@@ -49,19 +64,24 @@ class Weights:
     command: str
     module_command: str
     setting: str  # where a user names the directory
-    convert_bin: bool = False  # a .bin checkpoint is converted to safetensors once verified
+    conversion: Conversion | None = None  # e.g. a .bin checkpoint converted to safetensors once verified
 
 
 def checkpoint(model: str) -> Weights:
     return Weights("MusicGen checkpoint", model, lambda names, read: layout.choose(names, read, listing=True),
                    layout.missing, f"make weights MODEL={model}", f"python -m musicgen.hub {model}",
-                   "--weights (MUSICGEN_WEIGHTS)", True)
+                   "--weights (MUSICGEN_WEIGHTS)", BIN)
 
 
 STEMS = Weights(f"{stems.MODEL_NAME} stem separation bag", stems.HUB_REPO,
                 lambda names, read: sorted(n for n in names if any(fnmatch(n, p) for p in stems.HUB_PATTERNS)),
                 lambda d: [] if stems.has_weights(d) else [stems.bag_file(d).name + " and its models"],
                 "make weights", "python -m musicgen.hub --stems", "MUSICGEN_STEMS_WEIGHTS")
+
+MBD = Weights("MultiBand Diffusion weights", mbd_weights.HUB_REPO,
+              lambda names, read: [n for n in names if n == mbd_weights.SOURCE],
+              lambda d: [] if mbd_weights.has_weights(d) else [f"{mbd_weights.SAFETENSORS} and {mbd_weights.CONFIG}"],
+              "make weights-mbd", "python -m musicgen.hub --mbd", "MUSICGEN_MBD_WEIGHTS", TH)
 
 
 def holding(directory: Path) -> str | None:
@@ -74,8 +94,9 @@ def holding(directory: Path) -> str | None:
         return None
     manifest = Manifest.read(directory)
     if manifest is not None:
-        if manifest.repo == STEMS.repo:
-            return f"the {STEMS.what} ({STEMS.repo}) downloaded by this project"
+        for known in (STEMS, MBD):
+            if manifest.repo == known.repo:
+                return f"the {known.what} ({known.repo}) downloaded by this project"
         return f"{manifest.repo or 'a download whose manifest cannot be read'} downloaded by this project"
     if weights_in(directory, None) is STEMS:
         return f"an {STEMS.what} without {NAME} (not downloaded by this project)"
@@ -119,7 +140,7 @@ def weights_in(directory: Path, default: Weights | None) -> Weights | None:
     one (and no checkpoint config), else ``default``."""
     manifest = Manifest.read(directory)
     if manifest is not None and manifest.repo:
-        return STEMS if manifest.repo == STEMS.repo else checkpoint(manifest.repo)
+        return {STEMS.repo: STEMS, MBD.repo: MBD}.get(manifest.repo) or checkpoint(manifest.repo)
     if manifest is None and stems.has_weights(directory) and not (directory / layout.CONFIG).is_file():
         return STEMS
     return default
@@ -201,9 +222,10 @@ def download(weights: Weights, directory: Path, revision: str | None = None, rep
                 raise
             # a file kept from before may have been damaged on disk since: fetch what failed once more
             _remove(directory, manifest.damaged)
-    sources = [n for n in names if n.endswith(".bin")]
-    if weights.convert_bin and sources:
-        _convert(directory, manifest, sources, previous if previous and previous.commit == info.sha else None)
+    sources = [n for n in names if weights.conversion and n.endswith(weights.conversion.suffix)]
+    if sources:
+        _convert(directory, manifest, weights.conversion, sources,
+                 previous if previous and previous.commit == info.sha else None)
     manifest.state = VERIFIED
     manifest.save(directory)
     log.info("verified %s (%s) in %s", weights.repo, info.sha, directory)
@@ -218,20 +240,25 @@ def _remove(directory: Path, names: list[str]) -> None:
             (directory / name).unlink()
 
 
-def _convert(directory: Path, manifest: Manifest, sources: list[str], previous: Manifest | None) -> None:
-    """Record ``model.safetensors`` converted from the ``.bin`` ``sources``: the one a previous download of
-    the same commit made when it is intact (by size; not named damaged), else a new conversion."""
+def _convert(directory: Path, manifest: Manifest, conversion: Conversion, sources: list[str],
+             previous: Manifest | None) -> None:
+    """Record the ``conversion``'s targets (``model.safetensors`` from ``.bin`` files, the MBD weights from
+    their ``.th``) converted from ``sources``: the ones a previous download of the same commit made when all are
+    intact (by size; not named damaged), else a new conversion."""
     from musicgen.manifest import sha256
 
-    target = directory / layout.SAFETENSORS
-    old = previous.files.get(target.name) if previous else None
-    if (old is not None and old.converted_from == sources and target.is_file()
-            and target.stat().st_size == old.size and target.name not in previous.damaged):
-        manifest.files[target.name] = old
+    olds = {name: previous.files.get(name) if previous else None for name in conversion.targets}
+    if all(old is not None and old.converted_from == sources and (directory / name).is_file()
+           and (directory / name).stat().st_size == old.size and name not in previous.damaged
+           for name, old in olds.items()):
+        manifest.files.update(olds)
         return
-    target.unlink(missing_ok=True)
-    layout.convert_bin(directory)
-    manifest.files[target.name] = FileRecord(target.stat().st_size, sha256(target), converted_from=sources)
+    for name in conversion.targets:
+        (directory / name).unlink(missing_ok=True)
+    conversion.run(directory)
+    for name in conversion.targets:
+        target = directory / name
+        manifest.files[name] = FileRecord(target.stat().st_size, sha256(target), converted_from=sources)
 
 
 def verify(directory: Path, manifest: Manifest, weights: Weights) -> None:
@@ -318,9 +345,10 @@ def locate(settings: Settings, allow_download: bool = True, directory: Path | No
     """A directory that may be used for the configured checkpoint (``directory``, else the setting's),
     downloading or repairing it when allowed and possible; else WeightsNotFoundError with one sentence."""
     directory = directory or settings.weights_dir
-    if weights_in(directory, None) is STEMS:
+    other = weights_in(directory, None)
+    if other in (STEMS, MBD):
         raise WeightsNotFoundError(
-            f"{directory} is the folder of the {STEMS.what} ({STEMS.repo}, the one MUSICGEN_STEMS_WEIGHTS is for), "
+            f"{directory} is the folder of the {other.what} ({other.repo}, the one {other.setting} is for), "
             f"not a MusicGen checkpoint: point --weights (MUSICGEN_WEIGHTS) at the checkpoint's own folder, "
             f"{weights_dir_for(settings.model)} by default, where `{checkpoint(settings.model).command}` puts it.")
     weights = checkpoint(repo_of(directory, settings.model))
@@ -346,6 +374,20 @@ def locate_stems(settings: Settings, allow_download: bool = True) -> Path:
             "MUSICGEN_STEMS_WEIGHTS to a directory holding it, or set MUSICGEN_MELODY_STEMS=0 to follow the "
             "raw mix's melody."
         ) from None
+
+
+def locate_mbd(settings: Settings, allow_download: bool = True) -> Path:
+    """A directory holding the MultiBand Diffusion weights (converted), downloading them when allowed and
+    possible; else WeightsNotFoundError with one sentence."""
+    directory = settings.mbd_dir
+    try:
+        return fetch(MBD, directory, settings, allow_download)
+    except Unavailable as exc:
+        raise WeightsNotFoundError(
+            f"Decoding with MultiBand Diffusion (MUSICGEN_DECODER=mbd) needs the {MBD.what} ({MBD.repo}), which "
+            f"are not usable in {directory} and {exc}: run `{MBD.command}` ({MBD.module_command}) where the "
+            "Hugging Face Hub is reachable, set MUSICGEN_MBD_WEIGHTS to a directory holding them, or set "
+            "MUSICGEN_DECODER=encodec.") from None
 
 
 def _size(n: int) -> str:
@@ -404,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Hub repo id (default MUSICGEN_MODEL, else {env.model})")
     parser.add_argument("--stems", action="store_true",
                         help=f"fetch the {stems.MODEL_NAME} stem separation bag that melody checkpoints use")
+    parser.add_argument("--mbd", action="store_true",
+                        help="fetch the MultiBand Diffusion decoder's weights (MUSICGEN_DECODER=mbd) and convert "
+                             "them once to safetensors")
     parser.add_argument("--dir", type=Path, default=None,
                         help="target directory (default MUSICGEN_WEIGHTS, else weights/<name>; with --stems "
                              "MUSICGEN_STEMS_WEIGHTS, else weights/htdemucs)")
@@ -418,11 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("musicgen").setLevel(logging.INFO)  # our progress lines, not every HTTP request's
-    problem = None if args.stems else repo_id_problem(args.model, "MODEL")  # MUSICGEN_MODEL's: checked above
+    if args.stems and args.mbd:
+        print("error: --stems and --mbd fetch different weights: run the command once for each.", file=sys.stderr)
+        return 2
+    problem = None if args.stems or args.mbd else repo_id_problem(args.model, "MODEL")  # MUSICGEN_MODEL's: checked above
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    weights = STEMS if args.stems else checkpoint(args.model)
+    weights = STEMS if args.stems else MBD if args.mbd else checkpoint(args.model)
     if args.verify is not None:
         try:
             print(verify_directory(args.verify, weights))
@@ -434,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         target, setting = args.dir, "--dir"
     elif args.stems:
         target, setting = env.stems_dir, "MUSICGEN_STEMS_WEIGHTS" if env.stems_weights is not None else ""
+    elif args.mbd:
+        target, setting = env.mbd_dir, "MUSICGEN_MBD_WEIGHTS" if env.mbd_weights is not None else ""
     else:
         target, setting = env.weights_dir if env.weights is not None else weights_dir_for(args.model), (
             "MUSICGEN_WEIGHTS" if env.weights is not None else "")

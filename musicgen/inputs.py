@@ -58,6 +58,7 @@ class InputSpec:
 
 
 SURFACES = ("library", "http", "cli", "batch")
+DECODERS = ("encodec", "mbd")  # tokens to audio: MUSICGEN_DECODER / --decoder / GenerationRequest(decoder=)
 
 
 def spelled(name: str, surface: str = "library") -> str:

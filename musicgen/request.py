@@ -7,7 +7,7 @@ from dataclasses import KW_ONLY, InitVar, dataclass
 from pathlib import Path
 
 from musicgen.errors import MusicGenError
-from musicgen.inputs import DEFAULTS, INPUTS, MAX_SEED, spelled
+from musicgen.inputs import DECODERS, DEFAULTS, INPUTS, MAX_SEED, spelled
 
 # continuation without a clip, said in each surface's words
 _NO_CLIP = {
@@ -24,7 +24,9 @@ class GenerationRequest:
     construction validates everything that can be checked without the model or reading the audio (that
     ``input_audio`` names a file included). An integral float for an integer input (``2.0``) is taken as that
     integer. ``surface`` (not a field): where the inputs came from, ``library``, ``http``, ``cli`` or ``batch``,
-    so that a mistake is said in that surface's words (``musicgen.inputs.file_problem``)."""
+    so that a mistake is said in that surface's words (``musicgen.inputs.file_problem``). ``decoder`` (keyword,
+    not one of the inputs, kept as ``request.decoder``): ``encodec`` or ``mbd`` (MultiBand Diffusion) for this
+    request, None for the deployment's MUSICGEN_DECODER."""
 
     prompt: str | None = DEFAULTS["prompt"]
     input_audio: Path | None = DEFAULTS["input_audio"]
@@ -41,10 +43,17 @@ class GenerationRequest:
     seed: int | None = DEFAULTS["seed"]
     _: KW_ONLY
     surface: InitVar[str] = "library"
+    decoder: InitVar[str | None] = None
 
-    def __post_init__(self, surface: str) -> None:
+    def __post_init__(self, surface: str, decoder: str | None) -> None:
         for spec in INPUTS:
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name), surface))
+        if decoder is not None:
+            decoder = str(decoder).strip().lower()
+            if decoder not in DECODERS:
+                raise MusicGenError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}; leave it out "
+                                    "for the deployment's MUSICGEN_DECODER.")
+        object.__setattr__(self, "decoder", decoder)
         if self.continuation:
             if self.input_audio is None:
                 raise MusicGenError(_NO_CLIP[surface])

@@ -13,6 +13,7 @@ import torch
 
 from musicgen.engine import device as device_mod
 from musicgen.errors import MusicGenError
+from musicgen.inputs import DECODERS
 from musicgen.engine.stems import MODEL_NAME as STEMS_MODEL
 
 DEFAULT_MODEL = "facebook/musicgen-melody"
@@ -80,6 +81,7 @@ def _concurrency(env: Mapping[str, str]) -> int | None:
     return _count("MUSICGEN_CONCURRENCY", own or env.get("COG_MAX_CONCURRENCY"))
 
 
+
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL  # MUSICGEN_MODEL: Hub repo id
@@ -93,6 +95,8 @@ class Settings:
     melody_stems: bool = True  # MUSICGEN_MELODY_STEMS: Demucs stems before the melody chroma (0: raw mix)
     concurrency: int | None = None  # MUSICGEN_CONCURRENCY (else COG_MAX_CONCURRENCY): requests decoded at once
     stems_weights: Path | None = None  # MUSICGEN_STEMS_WEIGHTS: the HTDemucs bag (default weights/htdemucs)
+    decoder: str = "encodec"  # MUSICGEN_DECODER: tokens to audio by EnCodec or MultiBand Diffusion (mbd)
+    mbd_weights: Path | None = None  # MUSICGEN_MBD_WEIGHTS: MultiBand Diffusion (default weights/multiband-diffusion)
     stream_chunk_s: float = 0.0  # MUSICGEN_STREAM_CHUNK_S: the server streams a file per chunk of this many seconds (0: off)
     metrics_port: int | None = None  # MUSICGEN_METRICS_PORT: the server's Prometheus metrics (musicgen.serving.metrics)
     metrics_host: str = "127.0.0.1"  # MUSICGEN_METRICS_HOST: the address the metrics bind (0.0.0.0: every interface)
@@ -117,6 +121,13 @@ class Settings:
                                              or self.concurrency < 1):
             raise MusicGenError(f"{self.name('concurrency')} must be a whole number, 1 or more, got "
                                 f"{self.concurrency!r}.")
+        if self.decoder not in DECODERS:
+            raise MusicGenError(f"{self.name('decoder')} must be one of {', '.join(DECODERS)}, got {self.decoder!r}.")
+        if self.decoder == "mbd" and self.stream_chunk_s > 0:
+            raise MusicGenError(
+                f"{self.name('decoder')}=mbd decodes each clip whole once its tokens are done, so it cannot stream "
+                f"MUSICGEN_STREAM_CHUNK_S={self.stream_chunk_s:g} chunks: set MUSICGEN_STREAM_CHUNK_S=0, or "
+                "MUSICGEN_DECODER=encodec to stream.")
         if self.step not in STEPS:
             raise MusicGenError(f"MUSICGEN_STEP must be one of {', '.join(STEPS)}, got {self.step!r}.")
         if self.step == "segments" and self.compile:
@@ -146,6 +157,8 @@ class Settings:
             offline=flag(env.get("HF_HUB_OFFLINE")),
             melody_stems=_switch("MUSICGEN_MELODY_STEMS", env.get("MUSICGEN_MELODY_STEMS"), True),
             stems_weights=Path(stems_weights).expanduser() if stems_weights else None,
+            decoder=(env.get("MUSICGEN_DECODER") or "encodec").strip().lower(),
+            mbd_weights=Path(env["MUSICGEN_MBD_WEIGHTS"]).expanduser() if env.get("MUSICGEN_MBD_WEIGHTS") else None,
             concurrency=_concurrency(env),
             metrics_port=_count("MUSICGEN_METRICS_PORT", env.get("MUSICGEN_METRICS_PORT")),
             stream_chunk_s=_seconds("MUSICGEN_STREAM_CHUNK_S", env.get("MUSICGEN_STREAM_CHUNK_S")),
@@ -158,6 +171,8 @@ class Settings:
         names = {k: v for k, v in (names or {}).items() if k in given}
         if isinstance(given.get("device"), str):
             given["device"] = given["device"].strip().lower()
+        if isinstance(given.get("decoder"), str):
+            given["decoder"] = given["decoder"].strip().lower()
         if isinstance(given.get("precision"), str):
             given["precision"] = given["precision"].strip().lower()
         return replace(settings, names=names, **given)
@@ -178,6 +193,11 @@ class Settings:
     def stems_dir(self) -> Path:
         """Where the HTDemucs bag lives: MUSICGEN_STEMS_WEIGHTS, else weights/htdemucs."""
         return self.stems_weights if self.stems_weights is not None else WEIGHTS_ROOT / STEMS_MODEL
+
+    @property
+    def mbd_dir(self) -> Path:
+        """Where the MultiBand Diffusion weights live: MUSICGEN_MBD_WEIGHTS, else weights/multiband-diffusion."""
+        return self.mbd_weights if self.mbd_weights is not None else WEIGHTS_ROOT / "multiband-diffusion"
 
     def torch_device(self) -> torch.device:
         """The device to serve on, or a refusal in one sentence (``musicgen.engine.device``)."""

@@ -82,31 +82,11 @@ def build_random_checkpoint(
     return dst
 
 
-def build_random_model(*, melody: bool = False, stereo: bool = False, preset: str = "tiny", seed: int = 0):
-    """A random-weight MusicGen (or MusicGen-Melody) model in memory, with its tokenizer.
+def codec_config(preset: str = "tiny"):
+    """The EnCodec config of a preset: the real 32 kHz, 50 Hz layout (narrower in "tiny")."""
+    from transformers import EncodecConfig
 
-    The EnCodec codebooks get random values: transformers initialises them to zeros, which would make
-    every token decode to the same audio and every input encode to code 0.
-    """
-    from transformers import (
-        EncodecConfig,
-        GenerationConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenMelodyConfig,
-        MusicgenMelodyDecoderConfig,
-        MusicgenMelodyForConditionalGeneration,
-        T5Config,
-    )
-
-    shapes = _PRESETS[preset]
-    torch.manual_seed(seed)
-
-    tokenizer = _train_tokenizer(96)
-    vocab = len(tokenizer)
-    text = T5Config(vocab_size=vocab, **shapes["text"], relative_attention_num_buckets=8 if preset == "tiny" else 32)
-    codec = EncodecConfig(
+    return EncodecConfig(
         sampling_rate=SAMPLE_RATE,
         audio_channels=1,
         upsampling_ratios=[8, 5, 4, 4],
@@ -126,8 +106,34 @@ def build_random_model(*, melody: bool = False, stereo: bool = False, preset: st
         residual_kernel_size=3,
         num_residual_layers=1,
         trim_right_ratio=1.0,
-        **shapes["codec"],
+        **_PRESETS[preset]["codec"],
     )
+
+
+def build_random_model(*, melody: bool = False, stereo: bool = False, preset: str = "tiny", seed: int = 0):
+    """A random-weight MusicGen (or MusicGen-Melody) model in memory, with its tokenizer.
+
+    The EnCodec codebooks get random values: transformers initialises them to zeros, which would make
+    every token decode to the same audio and every input encode to code 0.
+    """
+    from transformers import (
+        GenerationConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForConditionalGeneration,
+        T5Config,
+    )
+
+    shapes = _PRESETS[preset]
+    torch.manual_seed(seed)
+
+    tokenizer = _train_tokenizer(96)
+    vocab = len(tokenizer)
+    text = T5Config(vocab_size=vocab, **shapes["text"], relative_attention_num_buckets=8 if preset == "tiny" else 32)
+    codec = codec_config(preset)
     channels = 2 if stereo else 1
     dec_kwargs = dict(
         vocab_size=2048,

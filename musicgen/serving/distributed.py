@@ -53,7 +53,7 @@ class Worker:
     """What runs inside each Ray actor: a loaded model taking requests from the driver."""
 
     def __init__(self, weights: str | None, device: str, precision: str | None, concurrency: int | None,
-                 threads: int | None):
+                 threads: int | None, decoder: str | None = None):
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         import torch
 
@@ -61,7 +61,8 @@ class Worker:
             torch.set_num_threads(threads)
         from musicgen.serving.service import MusicGen
 
-        self.model = MusicGen.load(weights, device=device, precision=precision, concurrency=concurrency)
+        self.model = MusicGen.load(weights, device=device, precision=precision, concurrency=concurrency,
+                                   decoder=decoder)
         self.scratch = Path(tempfile.mkdtemp(prefix="musicgen-worker-"))
 
     def info(self) -> dict:
@@ -138,10 +139,10 @@ class RayBatch:
     def __init__(self, requests_file: Path, output: str | Path, defaults: dict | None = None, *,
                  weights: str | Path | None = None, device: str | None = None, precision: str | None = None,
                  concurrency: int | None = None, actors: int | None = None, cpus_per_actor: int | None = None,
-                 address: str | None = None, max_attempts: int = 3, restarts: int = 3):
+                 address: str | None = None, max_attempts: int = 3, restarts: int = 3, decoder: str | None = None):
         self.requests_file, self.output, self.defaults = Path(requests_file), output, defaults
         self.weights = str(weights) if weights is not None else None
-        self.device, self.precision, self.concurrency = device, precision, concurrency
+        self.device, self.precision, self.concurrency, self.decoder = device, precision, concurrency, decoder
         self.actors, self.cpus_per_actor, self.address = actors, cpus_per_actor, address
         self.max_attempts, self.restarts = max_attempts, restarts
         self.summary = Summary()
@@ -187,7 +188,8 @@ class RayBatch:
         remote = self._ray.remote(Worker).options(
             num_cpus=options["num_cpus"], num_gpus=options.get("num_gpus", 0),
             max_concurrency=options["slots"] + 1, max_restarts=0, max_task_retries=0)
-        slot.actor = remote.remote(self.weights, device, self.precision, self.concurrency, options["threads"])
+        slot.actor = remote.remote(self.weights, device, self.precision, self.concurrency, options["threads"],
+                                   self.decoder)
         slot.generation += 1
         slot.capacity, slot.info = options["slots"], None
         slot.info_ref = slot.actor.info.remote()

@@ -93,20 +93,23 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency"}  # MusicGen.load's
+_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency", "decoder": "decoder"}  # MusicGen.load's
 
 
 class MusicGen:
     """A loaded checkpoint ready to serve requests."""
 
     def __init__(self, engine: Engine, name: str, stems_missing: str | None = None, slots: int = 1,
-                 concurrency: int | None = None, memory_plan: memory.MemoryPlan | None = None):
+                 concurrency: int | None = None, memory_plan: memory.MemoryPlan | None = None,
+                 settings: Settings | None = None, mbd=None):
         """``stems_missing``: why a melody checkpoint cannot separate melody stems (the sentence a melody
         request fails with), when stem separation is wanted and its weights could not be had. ``slots``:
         how many requests decode at once (``predict`` may be called from any number of threads; the others
         wait for a slot). ``concurrency``: how many predictions the server runs at once (Cog's
         COG_MAX_CONCURRENCY), which sets how long returned files are kept (``musicgen.serving.retention``).
-        ``memory_plan``: on a GPU, the plan the slots come from; it also bounds the request-side work."""
+        ``memory_plan``: on a GPU, the plan the slots come from; it also bounds the request-side work.
+        ``settings``: the deployment's (its ``decoder`` is every request's unless one asks otherwise); ``mbd``:
+        the MultiBand Diffusion decoder when loaded at setup (else loaded the first time a request asks)."""
         self.engine = engine
         self.name = name
         self.stems_missing = stems_missing
@@ -115,19 +118,34 @@ class MusicGen:
         weakref.finalize(self, self.scheduler.close)  # a dropped model's decode loop ends (and frees it)
         self.request_work = RequestWork(engine.device, memory_plan.request_workers if memory_plan else None)
         self.outputs = OutputRetention(self, concurrency)
+        self.settings = settings or Settings.from_env()
+        self._mbd, self._mbd_lock, self.allow_download = mbd, threading.Lock(), True
+
+    def mbd(self):
+        """The MultiBand Diffusion decoder, loaded once (WeightsNotFoundError with one sentence if its weights
+        are not usable and cannot be downloaded)."""
+        with self._mbd_lock:
+            if self._mbd is None:
+                from musicgen.engine.mbd import MultiBandDiffusion
+
+                self._mbd = MultiBandDiffusion.load(hub.locate_mbd(self.settings, self.allow_download),
+                                                   self.engine.device)
+            return self._mbd
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | None = None,
              windows: WindowSettings | None = None, allow_download: bool = True,
              precision: str | None = None, backend: str = "fast", compile: bool | None = None,
-             settings: Settings | None = None, concurrency: int | None = None) -> MusicGen:
+             settings: Settings | None = None, concurrency: int | None = None,
+             decoder: str | None = None) -> MusicGen:
         """Load ``checkpoint`` (a directory), or the configured model; ``settings`` default to
-        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision``, ``compile`` and ``concurrency``
-        (requests decoded at once) override them.
+        ``Settings.from_env()`` (MUSICGEN_*), and ``device``, ``precision``, ``compile``, ``concurrency``
+        (requests decoded at once) and ``decoder`` (``encodec`` or ``mbd``) override them.
         With ``compile`` the fixed-shape decode step is compiled (and on CUDA recorded) by the scheduler at setup."""
         started = time.monotonic()
         settings = settings or Settings.from_env(device=device, precision=precision, compile=compile,
-                                                 concurrency=concurrency, names=_LOAD_PARAMETERS)
+                                                 concurrency=concurrency, decoder=decoder,
+                                                 names=_LOAD_PARAMETERS)
         path = hub.locate(settings, allow_download=allow_download and checkpoint is None,
                           directory=Path(checkpoint) if checkpoint is not None else None)
         dev = settings.torch_device()
@@ -156,7 +174,12 @@ class MusicGen:
                  time.monotonic() - started)
         slots = plan.slots if plan is not None else settings.slots(dev)
         log.info("decoding up to %d request(s) at once", slots)
-        return cls(engine, path.name, stems_missing, slots, settings.server_concurrency, plan)
+        service = cls(engine, path.name, stems_missing, slots, settings.server_concurrency, plan, settings)
+        service.allow_download = allow_download
+        if settings.decoder == "mbd":  # missing weights refuse setup, in one sentence
+            service.mbd()
+            log.info("decoding tokens to audio with MultiBand Diffusion (MUSICGEN_DECODER=mbd)")
+        return service
 
     @property
     def sample_rate(self) -> int:
@@ -268,6 +291,11 @@ class MusicGen:
             output_dir = output.user_output_dir(output_dir)
         seed = req.resolve_seed()
         log.info("model %s, seed %d", self.name, seed)
+        decoder = req.decoder or self.settings.decoder
+        if decoder == "mbd" and on_audio is not None:
+            raise MusicGenError("MultiBand Diffusion decodes the whole clip once its tokens are done, so it cannot "
+                                "be streamed: turn streaming off, or use decoder=encodec to stream.")
+        mbd = self.mbd() if decoder == "mbd" else None
         if not req.continuation and (req.continuation_start != 0 or req.end_seconds is not None):
             log.info("continuation_start/continuation_end are ignored because continuation is false")
         eng.check_text(req.text)
@@ -305,6 +333,8 @@ class MusicGen:
             if chunks is not None:
                 chunks.finish()
             wav = eng.decode(codes)
+            if mbd is not None:  # its noise from the request's generator: a seed gives the same file
+                wav = mbd.decode_codes(eng.codec.model.quantizer, codes, wav, generator)
         generated = time.monotonic()
         log.info("tokens %.1f s, audio decoding %.1f s", decoded - read, generated - decoded)
 
