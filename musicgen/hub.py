@@ -364,30 +364,30 @@ def locate(settings: Settings, allow_download: bool = True, directory: Path | No
 
 def locate_stems(settings: Settings, allow_download: bool = True) -> Path:
     """Return a directory holding the HTDemucs bag, downloading it when allowed and possible."""
-    directory = settings.stems_dir
-    try:
-        return fetch(STEMS, directory, settings, allow_download)
-    except Unavailable as exc:
-        raise WeightsNotFoundError(
-            f"Following a melody needs the {STEMS.what} ({STEMS.repo}), which is not usable in {directory} and "
-            f"{exc}: run `{STEMS.command}` ({STEMS.module_command}) where the Hugging Face Hub is reachable, set "
-            "MUSICGEN_STEMS_WEIGHTS to a directory holding it, or set MUSICGEN_MELODY_STEMS=0 to follow the "
-            "raw mix's melody."
-        ) from None
+    return _locate(STEMS, settings.stems_dir, settings, allow_download, "Following a melody", "is",
+                   "set MUSICGEN_STEMS_WEIGHTS to a directory holding it, or set MUSICGEN_MELODY_STEMS=0 to follow "
+                   "the raw mix's melody.")
 
 
 def locate_mbd(settings: Settings, allow_download: bool = True) -> Path:
     """A directory holding the MultiBand Diffusion weights (converted), downloading them when allowed and
     possible; else WeightsNotFoundError with one sentence."""
-    directory = settings.mbd_dir
+    return _locate(MBD, settings.mbd_dir, settings, allow_download,
+                   "Decoding with MultiBand Diffusion (MUSICGEN_DECODER=mbd)", "are",
+                   "set MUSICGEN_MBD_WEIGHTS to a directory holding them, or set MUSICGEN_DECODER=encodec.")
+
+
+def _locate(weights, directory: Path, settings: Settings, allow_download: bool, purpose: str, verb: str,
+            otherwise: str) -> Path:
+    """``weights`` in ``directory`` (fetched when allowed and possible), else one sentence: what ``purpose``
+    needs, why it is not there, the command that fetches it, and ``otherwise``."""
     try:
-        return fetch(MBD, directory, settings, allow_download)
+        return fetch(weights, directory, settings, allow_download)
     except Unavailable as exc:
         raise WeightsNotFoundError(
-            f"Decoding with MultiBand Diffusion (MUSICGEN_DECODER=mbd) needs the {MBD.what} ({MBD.repo}), which "
-            f"are not usable in {directory} and {exc}: run `{MBD.command}` ({MBD.module_command}) where the "
-            "Hugging Face Hub is reachable, set MUSICGEN_MBD_WEIGHTS to a directory holding them, or set "
-            "MUSICGEN_DECODER=encodec.") from None
+            f"{purpose} needs the {weights.what} ({weights.repo}), which {verb} not usable in {directory} and "
+            f"{exc}: run `{weights.command}` ({weights.module_command}) where the Hugging Face Hub is reachable, "
+            f"{otherwise}") from None
 
 
 def _size(n: int) -> str:

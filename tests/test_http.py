@@ -452,13 +452,19 @@ def _together(server, requests: list[dict], delays: list[float]) -> list:
     return in_threads(send, len(requests))
 
 
+def _alone(server, requests: list[dict]) -> list[str]:
+    """Each request's output, one after another."""
+    outputs = []
+    for inputs in requests:
+        status, body = server.predict(inputs)
+        assert status == 200 and body["status"] == "succeeded", body
+        outputs.append(body["output"][0])
+    return outputs
+
+
 def test_concurrent_requests_give_exactly_what_each_gives_alone(concurrent_server):
     requests = _mixed_requests()
-    alone = []
-    for inputs in requests:
-        status, body = concurrent_server.predict(inputs)
-        assert status == 200 and body["status"] == "succeeded", body
-        alone.append(body["output"][0])
+    alone = _alone(concurrent_server, requests)
     # all four at once, then a late one joining while the long one is mid-window
     together = _together(concurrent_server, requests, [0, 0, 0, 0])
     for (status, body), expected in zip(together, alone):
@@ -553,11 +559,7 @@ def test_compile_on_a_cpu_serves_concurrent_requests_their_solo_bytes(checkpoint
         assert "the decode step stays eager in int8 on a CPU" in log
         assert "compiled decode step failed" not in log
         requests = _mixed_requests()
-        alone = []
-        for inputs in requests:
-            status, body = s.predict(inputs)
-            assert status == 200 and body["status"] == "succeeded", body
-            alone.append(body["output"][0])
+        alone = _alone(s, requests)
         together = _together(s, requests, [0, 0, 0, 0])
         assert [body["output"][0] for _, body in together] == alone
     finally:
