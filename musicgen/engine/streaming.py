@@ -103,7 +103,6 @@ class StreamingDecoder:
     def __init__(self, codec: Codec, chunk_frames: int | None = None, context_frames: int | None = None):
         """Decode ``codec``'s codes as they come (``push``), in ``Codec.decode``'s chunk plan (its defaults
         unless given)."""
-        self.codec = codec
         encodec = codec.model
         layers = list(encodec.decoder.layers)
         at = next(i for i, layer in enumerate(layers) if isinstance(layer, EncodecLSTM))

@@ -44,7 +44,7 @@ class ChunkedAudio:
         self.sent = 0  # samples handed out
 
     def frames(self, codes: torch.Tensor) -> None:
-        self._hand_out(self.decoder.push(codes.cpu()), last=False)
+        self._hand_out(self.decoder.push(codes), last=False)
 
     def finish(self) -> None:
         self._hand_out(self.decoder.finish(), last=True)
