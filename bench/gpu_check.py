@@ -12,7 +12,10 @@ a hang loses only that part, and what is done is written to the report at once:
    SDPA) on the same weights, each precision's agreement with fp32;
 4. ``stream``: ``bench/stream.py`` on musicgen-small shapes, 1, 4 and 8 requests streaming at once: time to first
    audio, real-time factor, the largest playback stall;
-5. ``tests``: ``tests/test_gpu.py`` (graphs decode what the segments' step decodes, no host sync, bf16 near fp32).
+5. ``mbd``: ``bench/mbd.py``, MultiBand Diffusion against EnCodec decoding, 8 s and 30 s clips (random U-Nets of
+   the size its docstring gives), seconds of audio per second and peak GPU memory;
+6. ``tests``: ``tests/test_gpu.py`` (graphs decode what the segments' step decodes, no host sync, bf16 near fp32,
+   MultiBand Diffusion's parts equal to audiocraft's on the GPU).
 
 Every figure is a ``key=value`` line of a part's output; the report holds them per part, with each part's exit
 status, seconds and the keys it should have printed but did not (``missing``). The exit status is 0 only when
@@ -84,11 +87,14 @@ def parts(smoke: bool) -> list[Part]:
                       "MUSICGEN_COMPILE": "0"}
         decode_args = ["--preset", "tiny", "--seconds", "0.2", "--precisions", "fp32"]
         stream_args = ["--preset", "tiny", "--seconds", "2", "--device", os.environ.get("MUSICGEN_DEVICE", "cpu")]
+        mbd_args = ["--codec", "tiny", "--hidden", "4", "--depth", "1", "--device",
+                    os.environ.get("MUSICGEN_DEVICE", "cpu")]
     else:
         served_args = ["--preset", "medium", "--melody", "--seconds", "10", "--e2e-seconds", "30"]
         served_env = {}
         decode_args = ["--preset", "medium", "--melody", "--head-scale", "10", "--seconds", "4"]
         stream_args = ["--preset", "small", "--seconds", "10"]
+        mbd_args = []
     return [
         Part("env", [py, "-c", ENV], 90, ["torch", "cuda", "transformers", "card", "driver", "copy_gb_per_s"]),
         Part("served", [py, "bench/served.py", *served_args, "--clients", "1", "4", "8"], 300, SERVED_KEYS,
@@ -98,6 +104,8 @@ def parts(smoke: bool) -> list[Part]:
               "ours.gb_per_s", "ours.roofline", "ratio", "peak_gpu_gib"]),
         Part("stream", [py, "bench/stream.py", *stream_args, "--clients", "1", "4", "8"], 90,
              [f"c{n}.{key}" for n in (1, 8) for key in ("ttfa_s", "rtf", "stall_s")]),
+        Part("mbd", [py, "bench/mbd.py", "--seconds", "8", "30", *mbd_args], 60,
+             [f"{d}.{s}.rtf" for d in ("encodec", "mbd") for s in (8, 30)] + ["mbd.30.peak_mb"]),
         Part("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"], 120, []),
     ]
 

@@ -16,7 +16,7 @@ audiocraft's ``MultiBandDiffusion.generate`` + ``re_eq`` run on the same weights
 process: ``audiocraft.S.rtf``, ``speedup.S`` (ours / audiocraft's rate) and ``max_abs_diff.S``.
 
     .venv/bin/python bench/mbd.py [--seconds 8 30] [--device cpu|cuda] [--weights DIR] [--audiocraft DIR]
-                                  [--repeat 1]
+                                  [--repeat 1] [--codec small|tiny]
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ def say(key: str, value) -> None:
     print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}", flush=True)
 
 
-def random_mbd(args, device) -> tuple[MultiBandDiffusion, list[dict], dict]:
+def random_mbd(args, device, codec_dim: int = 128) -> tuple[MultiBandDiffusion, list[dict], dict]:
     """Random U-Nets of the asked size with the fixtures' schedule and processor statistics."""
     meta = json.loads((FIXTURES / "mbd.json").read_text())
     configs = []
     for band in meta["bands"]:
         unet = dict(band["diffusion_unet"], hidden=args.hidden, depth=args.depth, growth=args.growth,
-                    kernel=args.kernel, stride=args.stride, norm_groups=4, codec_dim=128, bilstm=False,
+                    kernel=args.kernel, stride=args.stride, norm_groups=4, codec_dim=codec_dim, bilstm=False,
                     emb_all_layers=True)
         configs.append(dict(band, diffusion_unet=unet, processor=dict(band["processor"], use=True)))
     torch.manual_seed(0)
@@ -113,20 +113,22 @@ def main() -> None:
     p.add_argument("--growth", type=float, default=2)
     p.add_argument("--kernel", type=int, default=8)
     p.add_argument("--stride", type=int, default=4)
+    p.add_argument("--codec", default="small", choices=("tiny", "small"),
+                   help="EnCodec's widths: the real 32 kHz codec's (small) or narrower (tiny: the GPU check's smoke run)")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_grad_enabled(False)
     from transformers import EncodecModel
 
     torch.manual_seed(1)
-    encodec = EncodecModel(codec_config("small")).eval().to(device)
+    encodec = EncodecModel(codec_config(args.codec)).eval().to(device)
     for layer in encodec.quantizer.layers:
         layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed))
     codec = Codec(encodec, channels=1, num_codebooks=4, chunk_frames=1500)
     if args.weights:
         mbd, configs = MultiBandDiffusion.load(args.weights, device), None
     else:
-        mbd, configs, _ = random_mbd(args, device)
+        mbd, configs, _ = random_mbd(args, device, encodec.config.hidden_size)
     theirs_parts = None
     if args.audiocraft and device.type == "cpu" and configs is not None:
         theirs_parts = audiocraft_mbd(args.audiocraft, mbd, configs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import KW_ONLY, InitVar, dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 
 from musicgen.errors import MusicGenError
@@ -42,10 +42,12 @@ class GenerationRequest:
     output_format: str = DEFAULTS["output_format"]
     seed: int | None = DEFAULTS["seed"]
     _: KW_ONLY
-    surface: InitVar[str] = "library"
+    # whose words a mistake is said in (library, cli, batch, http): also what reading input_audio says later
+    surface: str = field(default="library", compare=False, repr=False)
     decoder: InitVar[str | None] = None
 
-    def __post_init__(self, surface: str, decoder: str | None) -> None:
+    def __post_init__(self, decoder: str | None) -> None:
+        surface = self.surface
         for spec in INPUTS:
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name), surface))
         if decoder is not None:

@@ -118,6 +118,24 @@ def test_progress_counts_seconds_of_music_and_a_continuation_says_its_parts(chec
     assert "generating: 100%" in proc.stderr and "3.0/3.0 s of music" in proc.stderr and "step" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, line", [
+    (["--continuation", "--duration", "2"],
+     "error: The continuation prompt (3.00 s of --input-audio) must be shorter than --duration (2 s), which is the "
+     "length of the whole output, prompt included; set --duration to 4 or more, or choose a shorter part with "
+     "--continuation-start and --continuation-end."),
+    (["--duration", "2"],  # a melody for a checkpoint that cannot follow one
+     "error: The loaded model plain cannot follow a melody (it is not a melody checkpoint); pass --continuation to "
+     "continue --input-audio, or deploy facebook/musicgen-melody."),
+])
+def test_what_reading_input_audio_refuses_is_said_in_flags(checkpoints, tmp_path, args, line):
+    """The sentences said once the model has read the file name the command's flags, as the checks before do."""
+    sf.write(tmp_path / "clip.wav", tone([440.0, 330.0], 3.0), SR)
+    proc = _cli("--input-audio", "clip.wav", *args, "--weights", str(checkpoints["plain"]), "-o", "x.wav",
+                cwd=tmp_path)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == line, proc.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
 def _interrupted(command: list[str], cwd: Path, ready) -> tuple[int, str]:
     """Run ``command``, send it SIGINT once ``ready(stderr so far)`` holds, and return (exit status, stderr)."""
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -99,3 +99,31 @@ def test_serving_records_every_shape_once(checkpoints):
         assert all(scheduler.graph.graphs[k][0] is recorded[k][0] for k in recorded)
     finally:
         scheduler.close()
+
+
+def test_multiband_diffusion_on_cuda_is_audiocrafts(checkpoints):
+    """MBD's parts on the GPU against the fixtures audiocraft recorded on the CPU (tests/data/mbd; TF32 off so the
+    comparison is of float32 math), and a seeded decode on the GPU gives the same audio twice."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from musicgen.engine.mbd import MultiBandDiffusion
+
+    data = Path(__file__).parent / "data" / "mbd"
+    ref = {k: v.to(CUDA) for k, v in load_file(str(data / "reference.safetensors")).items()}
+    mbd = MultiBandDiffusion.load(data, CUDA)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            for band in range(4):
+                out = mbd.bands[band].unet(ref["unet.x"], 517, ref["unet.condition"])
+                assert (out - ref[f"unet.{band}.out"]).abs().max().item() <= 1e-4, band
+            assert (mbd.re_eq(ref["re_eq.wav"], ref["re_eq.ref"]) - ref["re_eq.out"]).abs().max().item() <= 1e-4
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    runs = [mbd.decode(ref["decode.emb"], ref["decode.encodec"], torch.Generator(CUDA).manual_seed(7))
+            for _ in range(2)]
+    assert runs[0].shape == ref["decode.out"].shape and torch.isfinite(runs[0]).all()
+    assert torch.equal(runs[0], runs[1])

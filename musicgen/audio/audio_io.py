@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from musicgen.errors import MusicGenError
-from musicgen.inputs import MAX_DURATION
+from musicgen.inputs import MAX_DURATION, spelled
 
 log = logging.getLogger(__name__)
 
@@ -281,52 +281,59 @@ def is_audible(wav: torch.Tensor, floor: float = 1e-4) -> bool:
     return bool(wav.numel()) and float(wav.float().pow(2).mean().sqrt()) > floor
 
 
-def load_melody(path: str | Path, seconds: float, sample_rate: int, channels: int) -> torch.Tensor:
+def load_melody(path: str | Path, seconds: float, sample_rate: int, channels: int,
+                surface: str = "library") -> torch.Tensor:
     """The first ``seconds`` of a melody file as (channels, samples) at ``sample_rate``; refused when it is
     too short or silent (its chroma would be meaningless)."""
     info = probe(path)
     data = read(info, 0.0, seconds)
-    check_length(data.shape[1] / info.sample_rate, "input_audio")
+    check_length(data.shape[1] / info.sample_rate, spelled("input_audio", surface))
     wav = to_model(data, info, sample_rate, channels)
     if not is_audible(wav):
+        name = spelled("input_audio", surface)
         raise MusicGenError(
-            "input_audio is silent, so it has no melody to follow; upload audio with an audible melody, "
-            "or leave input_audio empty to generate from the prompt alone."
+            f"{name} is silent, so it has no melody to follow; upload audio with an audible melody, "
+            f"or leave {name} out to generate from the prompt alone."
         )
     return wav
 
 
-def prompt_too_long(seconds: float, duration: int, at_least: bool = False) -> MusicGenError:
+def prompt_too_long(seconds: float, duration: int, at_least: bool = False, surface: str = "library") -> MusicGenError:
     """The sentence for a continuation prompt of ``seconds`` (``at_least``: more than that) that leaves no
     new audio to generate in an output of ``duration`` seconds, the prompt included (audiocraft's
-    ``duration``)."""
+    ``duration``), naming the inputs as ``surface`` spells them."""
+    name = {n: spelled(n, surface) for n in ("input_audio", "duration", "continuation_start", "continuation_end")}
     shortest = int(seconds) + 1  # the smallest duration (whole seconds) that leaves room after the prompt
-    raise_duration = f"set duration to {shortest} or more, or " if shortest <= MAX_DURATION and not at_least else ""
+    raise_duration = (f"set {name['duration']} to {shortest} or more, or "
+                      if shortest <= MAX_DURATION and not at_least else "")
     return MusicGenError(
-        f"The continuation prompt ({'over ' if at_least else ''}{seconds:.2f} s of input_audio) must be shorter "
-        f"than duration ({duration} s), which is the length of the whole output, prompt included; "
-        f"{raise_duration}choose a shorter part with continuation_start and continuation_end."
+        f"The continuation prompt ({'over ' if at_least else ''}{seconds:.2f} s of {name['input_audio']}) must be "
+        f"shorter than {name['duration']} ({duration} s), which is the length of the whole output, prompt included; "
+        f"{raise_duration}choose a shorter part with {name['continuation_start']} and {name['continuation_end']}."
     )
 
 
 def load_prompt(path: str | Path, start: int, end: int | None, sample_rate: int, channels: int,
-                duration: int = MAX_DURATION) -> torch.Tensor:
+                duration: int = MAX_DURATION, surface: str = "library") -> torch.Tensor:
     """``[start, end)`` seconds of a file to continue (``end`` None: to its end; past the end: clamped, with a
     log line) as (channels, samples) at ``sample_rate``; refused when the window is empty, too short, or not
-    shorter than ``duration`` (the whole output's length, prompt included). Only that window is decoded, and
-    of it no more than ``duration`` seconds and one more (enough to tell that it is too long)."""
+    shorter than ``duration`` (the whole output's length, prompt included), in ``surface``'s words. Only that
+    window is decoded, and of it no more than ``duration`` seconds and one more (enough to tell that it is too
+    long)."""
     info = probe(path)
     total = info.seconds
 
     def start_past_end(length: str = "") -> MusicGenError:
         return MusicGenError(
-            f"continuation_start ({start} s) is at or past the end of input_audio{length}; choose an earlier start."
+            f"{spelled('continuation_start', surface)} ({start} s) is at or past the end of "
+            f"{spelled('input_audio', surface)}{length}; choose an earlier start."
         )
 
     if total is not None and start >= total:
         raise start_past_end(f" ({total:.2f} s long)")
     if end is not None and total is not None and end > total:
-        log.info("continuation_end %d s is past the clip's end (%.2f s); using the end of the clip", end, total)
+        log.info("%s %d s is past the clip's end (%.2f s); using the end of the clip",
+                 spelled("continuation_end", surface), end, total)
         end = None
     stop = start + duration + 1 if end is None else min(end, start + duration + 1)
     data = read(info, start, stop)
@@ -336,9 +343,9 @@ def load_prompt(path: str | Path, start: int, end: int | None, sample_rate: int,
     if seconds >= duration:
         cut = stop < (end if end is not None else math.inf) and seconds > stop - start - 0.01  # read stopped early
         if not cut:
-            raise prompt_too_long(seconds, duration)
+            raise prompt_too_long(seconds, duration, surface=surface)
         if total is not None:  # end is None or within the clip here
-            raise prompt_too_long((total if end is None else end) - start, duration)
-        raise prompt_too_long(seconds, duration, at_least=True)
+            raise prompt_too_long((total if end is None else end) - start, duration, surface=surface)
+        raise prompt_too_long(seconds, duration, at_least=True, surface=surface)
     check_length(seconds, "The continuation prompt")
     return to_model(data, info, sample_rate, channels)

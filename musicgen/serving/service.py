@@ -22,6 +22,7 @@ from musicgen.engine import loading
 from musicgen.serving import memory, metrics
 from musicgen.engine.engine import Engine, Progress, WindowEvent, WindowSettings
 from musicgen.errors import MusicGenError, WeightsNotFoundError
+from musicgen.inputs import spelled
 from musicgen.serving.gpu_work import RequestWork
 from musicgen.engine.quant import one_thread
 from musicgen.request import GenerationRequest
@@ -192,11 +193,13 @@ class MusicGen:
             return None, None
         if req.continuation:
             return audio_io.load_prompt(req.input_audio, req.continuation_start, req.end_seconds,
-                                        eng.sample_rate, eng.channels, duration=req.duration), None
+                                        eng.sample_rate, eng.channels, duration=req.duration,
+                                        surface=req.surface), None
         if not eng.is_melody:
             raise MusicGenError(
                 f"The loaded model {self.name} cannot follow a melody (it is not a melody checkpoint); "
-                "set continuation=true to continue input_audio, or deploy facebook/musicgen-melody."
+                f"{'pass --continuation' if req.surface == 'cli' else 'set continuation=true'} to continue "
+                f"{spelled('input_audio', req.surface)}, or deploy facebook/musicgen-melody."
             )
         if self.stems_missing is not None:
             raise MusicGenError(self.stems_missing)
@@ -205,7 +208,7 @@ class MusicGen:
                      "included), not from Demucs' vocals + other stems")
         seconds = eng.melody_seconds(req.duration)
         log.info("melody: reading up to %.2f s of input_audio", seconds)
-        return None, audio_io.load_melody(req.input_audio, seconds, eng.sample_rate, eng.channels)
+        return None, audio_io.load_melody(req.input_audio, seconds, eng.sample_rate, eng.channels, req.surface)
 
     def predict(self, req: GenerationRequest, output_dir: str | Path | None = None,
                 progress: Progress | None = None,
