@@ -105,6 +105,7 @@ class CogServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        self.log_path.unlink(missing_ok=True)  # read while it ran (logs()); nothing left behind in TMPDIR
 
 
 class Receiver:
