@@ -299,7 +299,9 @@ def test_a_request_decoded_by_mbd_is_seeded_and_differs_from_encodec(checkpoints
     one = service.predict(GenerationRequest(**ask, decoder="mbd"), output_dir=tmp_path / "a").paths[0]
     two = service.predict(GenerationRequest(**ask, decoder="mbd"), output_dir=tmp_path / "b").paths[0]
     plain = service.predict(GenerationRequest(**ask), output_dir=tmp_path / "c").paths[0]
-    assert one.read_bytes() == two.read_bytes()  # MBD's noise from the request's seed
+    assert one.read_bytes() == two.read_bytes()  # MBD's noise from the request's seed, not torch's global one
+    other = service.predict(GenerationRequest(**{**ask, "seed": 8}, decoder="mbd"), output_dir=tmp_path / "d").paths[0]
+    assert other.read_bytes() != one.read_bytes()
     (a, sr), (c, _) = _samples(one), _samples(plain)
     assert sr == 32000 and a.shape == c.shape == (32000, 1)
     assert np_max_abs(a - c) > 1e-3
