@@ -164,6 +164,68 @@ def test_a_long_clip_keeps_the_seeds_audio(mbd):
     assert torch.equal(one, two) and (one - other).abs().max() > 1e-2
 
 
+# --- working memory: the bounds the memory plan budgets, against what a decode really allocates --------------------
+
+@pytest.mark.parametrize("config", [
+    dict(hidden=8, depth=3, growth=2, kernel=8, stride=4, norm_groups=4, codec_dim=16),
+    dict(hidden=8, depth=3, growth=2, kernel=8, stride=4, norm_groups=4, codec_dim=16, bilstm=True, emb_all_layers=True),
+    dict(hidden=32, depth=3, growth=2, kernel=4, stride=2, norm_groups=4, codec_dim=16, res_blocks=2),
+])
+def test_a_unet_pass_works_within_its_planned_memory(config):
+    from musicgen.engine.mbd import UNet
+    from musicgen_dev.tensor_memory import PeakBytes
+
+    torch.manual_seed(0)
+    unet, samples = UNet(**config).eval(), 32000
+    x, condition = torch.randn(1, 1, samples), torch.randn(1, 16, samples // 640)
+    with torch.inference_mode(), PeakBytes() as peak:
+        unet(x, 3, condition)
+    planned = 4 * unet.floats_per_sample() * samples
+    assert peak.peak <= planned <= 2 * peak.peak
+
+
+@pytest.mark.parametrize("frames,chunk", [(40, 1500), (160, 20)])
+def test_a_decode_works_within_its_planned_memory(mbd, frames, chunk):
+    """Whole (40 frames) and in 8 chunks of 20 frames: the tensors a decode creates stay within
+    ``working_bytes`` (what the memory plan budgets), which is no more than twice what they take."""
+    from musicgen_dev.tensor_memory import PeakBytes
+
+    torch.manual_seed(0)
+    samples = frames * mbd.hop
+    latent, ref = torch.randn(1, 16, frames), 0.2 * torch.randn(1, 1, samples)
+    mbd.chunk_frames, mbd.context_frames = chunk, 2
+    try:
+        with PeakBytes() as peak:
+            mbd.decode(latent, ref, torch.Generator().manual_seed(0), steps=[999, 500, 0])
+        planned = mbd.working_bytes(samples)
+    finally:
+        mbd.chunk_frames, mbd.context_frames = 1500, 50
+    assert peak.peak <= planned <= 2 * peak.peak
+
+
+def test_the_memory_plan_budgets_mbd_bounded_by_its_chunks(mbd):
+    """The plan's request-side work with MUSICGEN_DECODER=mbd: the MBD decode of the longest clip a request may
+    ask for (300 s), which past one chunk grows only by ``CLIP_FLOATS`` per sample; decoded whole it would
+    take several times more."""
+    from musicgen.engine.mbd import CLIP_FLOATS, WORK_MARGIN
+    from musicgen.inputs import MAX_DURATION
+    from musicgen.serving import memory
+    from musicgen_dev import gpu_memory
+
+    rate = mbd.sample_rate
+    longest, window = mbd.working_bytes(MAX_DURATION * rate), mbd.working_bytes(30 * rate)
+    assert longest <= 1.1 * window + WORK_MARGIN * 4 * CLIP_FLOATS * (MAX_DURATION - 30) * rate
+    mbd.chunk_frames = 10**9
+    try:
+        assert mbd.working_bytes(MAX_DURATION * rate) > 4 * longest
+    finally:
+        mbd.chunk_frames = 1500
+    shapes = memory.ModelShapes.of(gpu_memory.config("facebook/musicgen-small"))
+    encodec_only = memory.request_bytes(shapes, stems=False)
+    assert memory.request_bytes(shapes, stems=False, mbd_bytes=longest) == max(encodec_only, longest)
+    assert memory.request_bytes(shapes, stems=False, mbd_bytes=3 * encodec_only) == 3 * encodec_only
+
+
 def test_codec_latent_is_audiocrafts_decode_latent(ref):
     """The latent from the codes through transformers' EnCodec quantizer equals audiocraft's ``decode_latent``."""
     from transformers import EncodecConfig

@@ -36,6 +36,11 @@ CHUNK_SECONDS = 30.0
 # statistics less tied to the chunk); neighbouring chunks' noise estimates are cross-faded linearly over the
 # 2 s they share, so no seam is a cut. Sample-local stages (the band splits) are chunked exactly instead.
 CONTEXT_SECONDS = 1.0
+# float32 values per sample of the whole clip alive at once during a decode besides one chunk's work: the chain's
+# state, its noise and the U-Nets' estimate (and its chunk-by-chunk sum), the bands' sum, the EnCodec reference
+# and the output (an upper bound of what tests/test_mbd.py measures)
+CLIP_FLOATS = 10
+WORK_MARGIN = 1.25  # on the count of working memory: what it misses (small tensors, the allocator's rounding)
 
 
 # --- band split (julius.SplitBands: a cascade of windowed-sinc low-pass filters, cut-offs even in mel) ---------
@@ -87,6 +92,19 @@ class BandSplit(nn.Module):
         self.n_bands = n_bands
         filters, self.half = lowpass_filters(mel_cutoffs(n_bands, sample_rate)) if n_bands > 1 else (None, 0)
         self.register_buffer("filters", filters, persistent=False)
+
+    def floats(self, length: int) -> int:
+        """The float32 values ``forward`` holds at once for ``length`` samples (the input and output included):
+        the more of its FFT phase (each filter's blocks, real and complex, and the blocks' spectrum; a plain
+        convolution for short filters) and of its band phase (the low-passes, the bands, their stack)."""
+        padded, kernel, filters = length + 2 * self.half, 2 * self.half + 1, len(self.filters)
+        if self.half <= 32:
+            ffts = filters * padded
+        else:
+            block = min(int(kernel * 5), padded)
+            blocks = max(0, math.ceil((padded - block) / (block - kernel + 1))) + 1
+            ffts = (2 * filters + 1) * blocks * block
+        return max(ffts, 3 * (filters + 1) * padded) + 2 * padded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.filters is None:
@@ -213,6 +231,13 @@ class UNet(nn.Module):
         self.bilstm = _BLSTM(chin) if bilstm else None
         self.conv_codec = nn.Conv1d(codec_dim, chin, 1) if codec_dim is not None else None
         self.total_stride = stride**depth  # input samples per bottleneck step
+
+    def floats_per_sample(self) -> float:
+        """An upper bound of the float32 values a forward pass holds at once, per input sample (batch 1): every
+        level's skip, six tensors of the largest level (a residual block's input, temporaries and the
+        decoder's skip sum) and the input and output (checked in tests/test_mbd.py)."""
+        levels = [enc.norm.num_channels / enc.stride ** (d + 1) for d, enc in enumerate(self.encoders)]
+        return sum(levels) + 6 * max(levels) + 2
 
     def forward(self, x: torch.Tensor, step: int, condition: torch.Tensor | None = None) -> torch.Tensor:
         steps = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
@@ -368,6 +393,22 @@ class MultiBandDiffusion:
         return [(start * block, min(samples, stop * block), lo * block, min(samples, hi * block))
                 for start, stop, lo, hi in chunks(blocks, even, context)]
 
+    def working_bytes(self, samples: int) -> int:
+        """An upper bound of the memory (bytes) one :meth:`decode` of a ``samples`` long clip works in, beside
+        the weights: the larger of the U-Nets' (one chunk with its context) and the band splits' (one chunk
+        with its filters' reach; re-EQ also holds the reference's bands, or the last piece's), plus ``CLIP_FLOATS`` per sample of
+        the clip, times ``WORK_MARGIN``. Bounded by the chunk length
+        but for that last term; the memory plan (``musicgen.serving.memory``) budgets it per request."""
+        spans = self.spans(samples)
+        seen = max(hi - lo for _, _, lo, hi in spans)
+        chunk = max(stop - start for start, stop, _, _ in spans)
+        splits = [band.processor.split for band in self.bands if band.processor.used]
+        piece = chunk + 2 * self.re_eq_split.half
+        re_eq = self.re_eq_split.floats(piece) + RE_EQ_BANDS * piece  # and the bands of ref or of the last piece
+        work = max([max(band.unet.floats_per_sample() for band in self.bands) * seen, re_eq]
+                   + [split.floats(chunk + 2 * split.half) for split in splits])
+        return int(WORK_MARGIN * 4 * (work + CLIP_FLOATS * samples))
+
     def _unet_in_chunks(self, unet: UNet, spans: list[tuple[int, int, int, int]]):
         """``unet`` as the chain calls it, run chunk by chunk over ``spans``: the estimates of two neighbouring
         chunks are cross-faded linearly over the samples both saw (the weights sum to 1 everywhere)."""
@@ -429,16 +470,20 @@ class MultiBandDiffusion:
             return out
 
         def stds(x: torch.Tensor) -> torch.Tensor:  # each band's over the clip, from float64 sums
-            count, total, squares = 0, 0.0, 0.0
+            count, total, squares = 0, torch.zeros(RE_EQ_BANDS, dtype=torch.float64), torch.zeros(RE_EQ_BANDS, dtype=torch.float64)
             for _, _, bands in self._pieces(self.re_eq_split, x, spans, self.re_eq_split.half):
-                bands = bands.double().flatten(1)
-                count, total, squares = count + bands.shape[1], total + bands.sum(1), squares + bands.square().sum(1)
+                count += bands[0].numel()
+                for index, band in enumerate(bands):  # one band in float64 at a time
+                    band = band.double()
+                    total[index] += band.sum().cpu()
+                    squares[index] += band.square().sum().cpu()
             return ((squares - total**2 / count) / (count - 1)).clamp(min=0).sqrt()
 
-        scale = ((stds(ref) / stds(wav)) ** strictness).to(wav.dtype).view(-1, *[1] * wav.dim())
+        scale = ((stds(ref) / stds(wav)) ** strictness).tolist()
         out = torch.zeros_like(ref)
         for start, stop, bands in self._pieces(self.re_eq_split, wav, spans, self.re_eq_split.half):
-            out[..., start:stop] = (bands * scale).sum(0)
+            for band, factor in zip(bands, scale):
+                out[..., start:stop] += band * factor
         return out
 
     def decode_codes(self, quantizer, codes: torch.Tensor, encodec_wav: torch.Tensor,
