@@ -97,6 +97,8 @@ class BandSplit(nn.Module):
         """The float32 values ``forward`` holds at once for ``length`` samples (the input and output included):
         the more of its FFT phase (each filter's blocks, real and complex, and the blocks' spectrum; a plain
         convolution for short filters) and of its band phase (the low-passes, the bands, their stack)."""
+        if self.filters is None:
+            return 2 * length
         padded, kernel, filters = length + 2 * self.half, 2 * self.half + 1, len(self.filters)
         if self.half <= 32:
             ffts = filters * padded
@@ -394,11 +396,11 @@ class MultiBandDiffusion:
                 for start, stop, lo, hi in chunks(blocks, even, context)]
 
     def working_bytes(self, samples: int) -> int:
-        """An upper bound of the memory (bytes) one :meth:`decode` of a ``samples`` long clip works in, beside
-        the weights: the larger of the U-Nets' (one chunk with its context) and the band splits' (one chunk
-        with its filters' reach; re-EQ also holds the reference's bands, or the last piece's), plus ``CLIP_FLOATS`` per sample of
-        the clip, times ``WORK_MARGIN``. Bounded by the chunk length
-        but for that last term; the memory plan (``musicgen.serving.memory``) budgets it per request."""
+        """An upper bound of the memory (bytes) one :meth:`decode` of a ``samples`` long clip (one channel)
+        works in, beside the weights: the larger of the U-Nets' (one chunk with its context) and the band
+        splits' (one chunk with its filters' reach; re-EQ also holds the reference's bands, or the last
+        piece's), plus ``CLIP_FLOATS`` per sample of the clip, times ``WORK_MARGIN``. Bounded by the chunk
+        length but for that last term; the memory plan (``musicgen.serving.memory``) budgets it per request."""
         spans = self.spans(samples)
         seen = max(hi - lo for _, _, lo, hi in spans)
         chunk = max(stop - start for start, stop, _, _ in spans)
@@ -470,7 +472,8 @@ class MultiBandDiffusion:
             return out
 
         def stds(x: torch.Tensor) -> torch.Tensor:  # each band's over the clip, from float64 sums
-            count, total, squares = 0, torch.zeros(RE_EQ_BANDS, dtype=torch.float64), torch.zeros(RE_EQ_BANDS, dtype=torch.float64)
+            count, total = 0, torch.zeros(RE_EQ_BANDS, dtype=torch.float64)
+            squares = torch.zeros_like(total)
             for _, _, bands in self._pieces(self.re_eq_split, x, spans, self.re_eq_split.half):
                 count += bands[0].numel()
                 for index, band in enumerate(bands):  # one band in float64 at a time
