@@ -22,10 +22,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from musicgen.engine.codec import chunks
 from musicgen.errors import MusicGenError
 
 DEFAULT_STEPS = list(range(1000))[::-50] + [0]  # audiocraft's generate_subsampled default: 999, 949, ..., 49, 0
 RE_EQ_BANDS = 32
+# Long clips are decoded in chunks so that the U-Nets' activations (tens of channels per sample at full rate,
+# GroupNorm'd over the whole input) stay those of one chunk however long the clip (audiocraft decodes the whole
+# clip at once). 30 s is MusicGen's own window: every clip audiocraft's MusicGen makes in one window, and every
+# clip up to 30 s here, is decoded whole, exactly as audiocraft does; only longer (extended) clips are chunked.
+CHUNK_SECONDS = 30.0
+# Each chunk's U-Net also sees this much of the clip on each side (the convolutions' reach, and GroupNorm
+# statistics less tied to the chunk); neighbouring chunks' noise estimates are cross-faded linearly over the
+# 2 s they share, so no seam is a cut. Sample-local stages (the band splits) are chunked exactly instead.
+CONTEXT_SECONDS = 1.0
+# float32 values per sample of the whole clip alive at once during a decode besides one chunk's work: the chain's
+# state, its noise and the U-Nets' estimate (and its chunk-by-chunk sum), the bands' sum, the EnCodec reference
+# and the output (an upper bound of what tests/test_mbd.py measures)
+CLIP_FLOATS = 10
+WORK_MARGIN = 1.25  # on the count of working memory: what it misses (small tensors, the allocator's rounding)
 
 
 # --- band split (julius.SplitBands: a cascade of windowed-sinc low-pass filters, cut-offs even in mel) ---------
@@ -77,6 +92,21 @@ class BandSplit(nn.Module):
         self.n_bands = n_bands
         filters, self.half = lowpass_filters(mel_cutoffs(n_bands, sample_rate)) if n_bands > 1 else (None, 0)
         self.register_buffer("filters", filters, persistent=False)
+
+    def floats(self, length: int) -> int:
+        """The float32 values ``forward`` holds at once for ``length`` samples (the input and output included):
+        the more of its FFT phase (each filter's blocks, real and complex, and the blocks' spectrum; a plain
+        convolution for short filters) and of its band phase (the low-passes, the bands, their stack)."""
+        if self.filters is None:
+            return 2 * length
+        padded, kernel, filters = length + 2 * self.half, 2 * self.half + 1, len(self.filters)
+        if self.half <= 32:
+            ffts = filters * padded
+        else:
+            block = min(int(kernel * 5), padded)
+            blocks = max(0, math.ceil((padded - block) / (block - kernel + 1))) + 1
+            ffts = (2 * filters + 1) * blocks * block
+        return max(ffts, 3 * (filters + 1) * padded) + 2 * padded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.filters is None:
@@ -202,6 +232,14 @@ class UNet(nn.Module):
             chin, hidden = hidden, min(int(hidden * growth), max_channels)
         self.bilstm = _BLSTM(chin) if bilstm else None
         self.conv_codec = nn.Conv1d(codec_dim, chin, 1) if codec_dim is not None else None
+        self.total_stride = stride**depth  # input samples per bottleneck step
+
+    def floats_per_sample(self) -> float:
+        """An upper bound of the float32 values a forward pass holds at once, per input sample (batch 1): every
+        level's skip, six tensors of the largest level (a residual block's input, temporaries and the
+        decoder's skip sum) and the input and output (checked in tests/test_mbd.py)."""
+        levels = [enc.norm.num_channels / enc.stride ** (d + 1) for d, enc in enumerate(self.encoders)]
+        return sum(levels) + 6 * max(levels) + 2
 
     def forward(self, x: torch.Tensor, step: int, condition: torch.Tensor | None = None) -> torch.Tensor:
         steps = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
@@ -267,9 +305,11 @@ class Schedule:
             previous = previous + sigma * noise * self.noise_scale
         return previous.clamp(-self.clip, self.clip) if self.clip else previous
 
-    def run(self, model: UNet, initial: torch.Tensor, condition: torch.Tensor, generator: torch.Generator,
+    def run(self, model, initial: torch.Tensor, condition: torch.Tensor, generator: torch.Generator,
             steps: list[int] | None = None) -> torch.Tensor:
-        """The chain from ``initial`` noise, in the diffusion space (before the sample processor)."""
+        """The chain from ``initial`` noise, in the diffusion space (before the sample processor). ``model``: a
+        :class:`UNet`, or anything called like one (the decoder's U-Net in chunks); the noise is drawn over the
+        whole of ``initial`` either way, in audiocraft's order."""
         current = initial * self.noise_scale
         for step, alpha, alpha_bar, sigma in self.coefficients(steps or DEFAULT_STEPS):
             estimate = model(current, step, condition) * self.noise_scale
@@ -304,12 +344,23 @@ class Band:
 
 
 class MultiBandDiffusion:
-    """The decoder: ``decode(latent, encodec_wav, generator)`` -> audio, as audiocraft's ``tokens_to_wav``."""
+    """The decoder: ``decode(latent, encodec_wav, generator)`` -> audio, as audiocraft's ``tokens_to_wav``.
+
+    A clip longer than ``chunk_frames`` (``CHUNK_SECONDS``) is decoded in chunks (:meth:`spans`): the chain
+    runs over the whole clip (its state, noise and steps are one channel of audio), only the U-Nets see one
+    chunk at a time, and the band splits (sample processor, re-EQ) go chunk by chunk with their filters'
+    reach; re-EQ's band statistics stay those of the whole clip."""
 
     def __init__(self, configs: list[dict], sample_rate: int, frame_rate: int = 50):
         self.bands = [Band(c, sample_rate) for c in configs]
         self.sample_rate, self.frame_rate = sample_rate, frame_rate
+        self.hop = sample_rate // frame_rate  # audio samples per codec frame
         self.re_eq_split = BandSplit(sample_rate, RE_EQ_BANDS)
+        self.chunk_frames = round(CHUNK_SECONDS * frame_rate)
+        self.context_frames = round(CONTEXT_SECONDS * frame_rate)
+        # chunks start on frames where every U-Net's strided grid lines up with the whole clip's
+        stride = math.lcm(*(band.unet.total_stride for band in self.bands))
+        self.align_frames = math.lcm(self.hop, stride) // self.hop
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> MultiBandDiffusion:
@@ -330,24 +381,112 @@ class MultiBandDiffusion:
         model.re_eq_split.to(device)
         return model
 
+    def spans(self, samples: int) -> list[tuple[int, int, int, int]]:
+        """The chunks a clip of ``samples`` is decoded in: (start, stop, lo, hi) sample ranges, chunk
+        [start, stop) seen by the U-Nets with its context [lo, hi). One span, the whole clip, when it fits in
+        ``chunk_frames``; else ``musicgen.engine.codec.chunks`` over blocks of ``align_frames`` frames, the
+        chunks of even length and the context at most half of one (so only neighbours overlap)."""
+        block = self.align_frames * self.hop
+        blocks, chunk = -(-samples // block), max(1, self.chunk_frames // self.align_frames)
+        if blocks <= chunk:
+            return [(0, samples, 0, samples)]
+        even = -(-blocks // -(-blocks // chunk))
+        context = min(-(-self.context_frames // self.align_frames), even // 2)
+        return [(start * block, min(samples, stop * block), lo * block, min(samples, hi * block))
+                for start, stop, lo, hi in chunks(blocks, even, context)]
+
+    def working_bytes(self, samples: int) -> int:
+        """An upper bound of the memory (bytes) one :meth:`decode` of a ``samples`` long clip (one channel)
+        works in, beside the weights: the larger of the U-Nets' (one chunk with its context) and the band
+        splits' (one chunk with its filters' reach; re-EQ also holds the reference's bands, or the last
+        piece's), plus ``CLIP_FLOATS`` per sample of the clip, times ``WORK_MARGIN``. Bounded by the chunk
+        length but for that last term; the memory plan (``musicgen.serving.memory``) budgets it per request."""
+        spans = self.spans(samples)
+        seen = max(hi - lo for _, _, lo, hi in spans)
+        chunk = max(stop - start for start, stop, _, _ in spans)
+        splits = [band.processor.split for band in self.bands if band.processor.used]
+        piece = chunk + 2 * self.re_eq_split.half
+        re_eq = self.re_eq_split.floats(piece) + RE_EQ_BANDS * piece  # and the bands of ref or of the last piece
+        work = max([max(band.unet.floats_per_sample() for band in self.bands) * seen, re_eq]
+                   + [split.floats(chunk + 2 * split.half) for split in splits])
+        return int(WORK_MARGIN * 4 * (work + CLIP_FLOATS * samples))
+
+    def _unet_in_chunks(self, unet: UNet, spans: list[tuple[int, int, int, int]]):
+        """``unet`` as the chain calls it, run chunk by chunk over ``spans``: the estimates of two neighbouring
+        chunks are cross-faded linearly over the samples both saw (the weights sum to 1 everywhere)."""
+
+        def forward(x: torch.Tensor, step: int, condition: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(x)
+            for k, (_, _, lo, hi) in enumerate(spans):
+                piece = unet(x[..., lo:hi], step, condition[..., lo // self.hop : -(-hi // self.hop)])
+                weight = torch.ones(hi - lo, device=x.device, dtype=x.dtype)
+                if k > 0:  # fade in over what the previous chunk also saw
+                    shared = spans[k - 1][3] - lo
+                    weight[:shared] *= _ramp(shared, weight)
+                if k + 1 < len(spans):  # fade out over what the next chunk also sees
+                    shared = hi - spans[k + 1][2]
+                    weight[hi - lo - shared :] *= 1 - _ramp(shared, weight)
+                out[..., lo:hi] += piece * weight
+            return out
+
+        return forward
+
+    @staticmethod
+    def _pieces(fn, x: torch.Tensor, spans: list[tuple[int, int, int, int]], reach: int):
+        """(start, stop, ``fn``(x)[..., start:stop]) chunk by chunk, for an ``fn`` whose output at a sample
+        depends on the input within ``reach`` samples (a band split's filters): each chunk computed with
+        ``reach`` samples of ``x`` on each side, then cropped, so the pieces are ``fn(x)``'s."""
+        if len(spans) == 1:
+            yield 0, x.shape[-1], fn(x)
+            return
+        for start, stop, _, _ in spans:
+            lo, hi = max(0, start - reach), min(x.shape[-1], stop + reach)
+            yield start, stop, fn(x[..., lo:hi])[..., start - lo : stop - lo]
+
     @torch.inference_mode()
     def generate(self, latent: torch.Tensor, samples: int, generator: torch.Generator,
                  steps: list[int] | None = None) -> torch.Tensor:
         """The bands' diffusions from ``latent`` (B, D, frames), summed: (B, 1, samples)."""
         shape = (latent.shape[0], 1, samples)
+        spans = self.spans(samples)
         out = torch.zeros(shape, device=latent.device, dtype=latent.dtype)
         for band in self.bands:
             noise = torch.randn(shape, generator=generator, device=latent.device, dtype=latent.dtype)
-            out += band.processor.restore(band.schedule.run(band.unet, noise, latent, generator, steps))
+            unet = band.unet if len(spans) == 1 else self._unet_in_chunks(band.unet, spans)
+            diffused = band.schedule.run(unet, noise, latent, generator, steps)
+            reach = band.processor.split.half if band.processor.used else 0
+            for start, stop, piece in self._pieces(band.processor.restore, diffused, spans, reach):
+                out[..., start:stop] += piece
         return out
 
     @torch.inference_mode()
     def re_eq(self, wav: torch.Tensor, ref: torch.Tensor, strictness: float = 1.0) -> torch.Tensor:
-        """``wav`` with each of 32 mel bands scaled to the standard deviation of that band of ``ref``."""
-        bands, bands_ref = self.re_eq_split(wav), self.re_eq_split(ref)
+        """``wav`` with each of 32 mel bands scaled to the standard deviation of that band of ``ref``, the
+        standard deviations over the whole clip (computed chunk by chunk for a clip of several chunks)."""
+        spans = self.spans(ref.shape[-1])
+        if len(spans) == 1:
+            bands, bands_ref = self.re_eq_split(wav), self.re_eq_split(ref)
+            out = torch.zeros_like(ref)
+            for band, band_ref in zip(bands, bands_ref):
+                out += band * (band_ref.std() / band.std()) ** strictness
+            return out
+
+        def stds(x: torch.Tensor) -> torch.Tensor:  # each band's over the clip, from float64 sums
+            count, total = 0, torch.zeros(RE_EQ_BANDS, dtype=torch.float64)
+            squares = torch.zeros_like(total)
+            for _, _, bands in self._pieces(self.re_eq_split, x, spans, self.re_eq_split.half):
+                count += bands[0].numel()
+                for index, band in enumerate(bands):  # one band in float64 at a time
+                    band = band.double()
+                    total[index] += band.sum().cpu()
+                    squares[index] += band.square().sum().cpu()
+            return ((squares - total**2 / count) / (count - 1)).clamp(min=0).sqrt()
+
+        scale = ((stds(ref) / stds(wav)) ** strictness).tolist()
         out = torch.zeros_like(ref)
-        for band, band_ref in zip(bands, bands_ref):
-            out += band * (band_ref.std() / band.std()) ** strictness
+        for start, stop, bands in self._pieces(self.re_eq_split, wav, spans, self.re_eq_split.half):
+            for band, factor in zip(bands, scale):
+                out[..., start:stop] += band * factor
         return out
 
     def decode_codes(self, quantizer, codes: torch.Tensor, encodec_wav: torch.Tensor,
@@ -369,6 +508,11 @@ class MultiBandDiffusion:
                steps: list[int] | None = None) -> torch.Tensor:
         """Audio (B, 1, samples) for the codec ``latent`` (B, D, frames), equalized like ``encodec_wav``."""
         return self.re_eq(self.generate(latent, encodec_wav.shape[-1], generator, steps), encodec_wav)
+
+
+def _ramp(length: int, like: torch.Tensor) -> torch.Tensor:
+    """``length`` weights rising linearly from 0 to 1 (exclusive), whose mirror ``1 - ramp`` fades out."""
+    return (torch.arange(length, device=like.device, dtype=like.dtype) + 0.5) / length
 
 
 def codec_latent(quantizer, codes: torch.Tensor) -> torch.Tensor:

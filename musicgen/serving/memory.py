@@ -2,7 +2,7 @@
 
 A GPU process holds the weights (measured once loaded), one KV cache slot per request decoded at once, and
 room for the work around the decode loop: the prefill of a window (one at a time, in the decode loop) and the
-request-side work (text encoder, EnCodec chunks, Demucs segments), of which at most ``request_workers`` run
+request-side work (text encoder, EnCodec chunks, Demucs segments, MultiBand Diffusion's decode), of which at most ``request_workers`` run
 at once (``musicgen.serving.gpu_work``). ``plan`` turns those sizes and the card's free memory into slots; it is pure,
 so the table of docs/deployment.md (``python -m musicgen_dev.gpu_memory``) and a server's setup compute the same numbers.
 
@@ -83,10 +83,12 @@ def prefill_bytes(shapes: ModelShapes, state_bytes: int) -> int:
     return activations + length * shapes.cache_positions * state_bytes
 
 
-def request_bytes(shapes: ModelShapes, stems: bool) -> int:
-    """The peak of one piece of request-side work: an EnCodec chunk, the text encoder or (melody checkpoints
-    with stem separation) a Demucs segment."""
-    peaks = [ENCODEC_BYTES_PER_SAMPLE * shapes.chunk_samples, T5_BYTES]
+def request_bytes(shapes: ModelShapes, stems: bool, mbd_bytes: int = 0) -> int:
+    """The peak of one piece of request-side work: an EnCodec chunk, the text encoder, (melody checkpoints
+    with stem separation) a Demucs segment or (``mbd_bytes``, when the deployment decodes with MultiBand
+    Diffusion) the MBD decode of the longest clip a request may ask for, bounded by its chunk length
+    (``MultiBandDiffusion.working_bytes``)."""
+    peaks = [ENCODEC_BYTES_PER_SAMPLE * shapes.chunk_samples, T5_BYTES, mbd_bytes]
     if shapes.melody and stems:
         peaks.append(DEMUCS_SEGMENT_BYTES)
     return max(peaks)

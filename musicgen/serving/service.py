@@ -127,10 +127,7 @@ class MusicGen:
         are not usable and cannot be downloaded)."""
         with self._mbd_lock:
             if self._mbd is None:
-                from musicgen.engine.mbd import MultiBandDiffusion
-
-                self._mbd = MultiBandDiffusion.load(hub.locate_mbd(self.settings, self.allow_download),
-                                                   self.engine.device)
+                self._mbd = _load_mbd(self.settings, self.allow_download, self.engine.device)
             return self._mbd
 
     @classmethod
@@ -166,19 +163,21 @@ class MusicGen:
             engine.release_reference_weights()
         except torch.OutOfMemoryError as exc:
             raise memory.does_not_fit(path.name, _card(dev), free, total, "loading its weights ran out of memory") from exc
+        mbd = None
+        if settings.decoder == "mbd":  # missing weights refuse setup, in one sentence; loaded before the plan
+            mbd = _load_mbd(settings, allow_download, dev)
         plan = None
         if dev.type == "cuda" and backend == "fast":
-            plan = _memory_plan(engine, path.name, settings, dev, free, total, stems=separator is not None)
+            plan = _memory_plan(engine, path.name, settings, dev, free, total, stems=separator is not None, mbd=mbd)
         kind = "melody" if engine.is_melody else "text"
         log.info("loaded %s (%s model, %d codebooks, %d channel(s)) on %s, %s decoding in %s, in %.1f s",
                  path.name, kind, engine.num_codebooks, engine.channels, dev, backend, engine.precision,
                  time.monotonic() - started)
         slots = plan.slots if plan is not None else settings.slots(dev)
         log.info("decoding up to %d request(s) at once", slots)
-        service = cls(engine, path.name, stems_missing, slots, settings.server_concurrency, plan, settings)
+        service = cls(engine, path.name, stems_missing, slots, settings.server_concurrency, plan, settings, mbd)
         service.allow_download = allow_download
-        if settings.decoder == "mbd":  # missing weights refuse setup, in one sentence
-            service.mbd()
+        if mbd is not None:
             log.info("decoding tokens to audio with MultiBand Diffusion (MUSICGEN_DECODER=mbd)")
         return service
 
@@ -370,10 +369,11 @@ def _card(device: torch.device) -> str:
 
 
 def _memory_plan(engine: Engine, checkpoint: str, settings: Settings, device: torch.device, free: int, total: int,
-                 stems: bool) -> memory.MemoryPlan:
+                 stems: bool, mbd=None) -> memory.MemoryPlan:
     """Slots for the card's free memory once the weights are in (``musicgen.serving.memory``): what is free now (after
-    returning the loading's cached blocks, and whatever other processes hold) plus the weights, at most what
-    was free before loading."""
+    returning the loading's cached blocks, and whatever other processes hold) plus the weights (MBD's too when it
+    is the deployment's decoder, with its decode of the longest clip as request-side work), at most what was
+    free before loading."""
     shapes = memory.ModelShapes.of(engine.model.config, engine.window_frames)
     state_bytes = engine.backend.decoder.state_dtype.itemsize
     torch.cuda.empty_cache()
@@ -381,7 +381,23 @@ def _memory_plan(engine: Engine, checkpoint: str, settings: Settings, device: to
     free = min(free, torch.cuda.mem_get_info(device)[0] + weights)
     plan = memory.plan(per_slot=memory.slot_bytes(shapes, state_bytes), weights=weights, free=free, total=total,
                        prefill=memory.prefill_bytes(shapes, state_bytes),
-                       per_request_work=memory.request_bytes(shapes, stems), cap=settings.slots(device),
+                       per_request_work=memory.request_bytes(shapes, stems, _mbd_bytes(mbd, engine.sample_rate)),
+                       cap=settings.slots(device),
                        checkpoint=checkpoint, card=_card(device))
     log.info("memory plan on %s: %s", _card(device), plan.describe())
     return plan
+
+
+def _load_mbd(settings: Settings, allow_download: bool, device: torch.device):
+    """The MultiBand Diffusion decoder on ``device`` (WeightsNotFoundError with one sentence if its weights are
+    not usable and cannot be downloaded)."""
+    from musicgen.engine.mbd import MultiBandDiffusion
+
+    return MultiBandDiffusion.load(hub.locate_mbd(settings, allow_download), device)
+
+
+def _mbd_bytes(mbd, sample_rate: int) -> int:
+    """MultiBand Diffusion's working memory for the longest clip a request may ask for (0 without MBD)."""
+    from musicgen.inputs import MAX_DURATION
+
+    return mbd.working_bytes(MAX_DURATION * sample_rate) if mbd is not None else 0
