@@ -87,7 +87,7 @@ def parts(smoke: bool) -> list[Part]:
                       "MUSICGEN_COMPILE": "0"}
         decode_args = ["--preset", "tiny", "--seconds", "0.2", "--precisions", "fp32"]
         stream_args = ["--preset", "tiny", "--seconds", "2", "--device", os.environ.get("MUSICGEN_DEVICE", "cpu")]
-        mbd_args = ["--codec", "tiny", "--hidden", "4", "--depth", "1", "--device",
+        mbd_args = ["--codec", "tiny", "--hidden", "4", "--depth", "1", "--passes", "1", "--device",
                     os.environ.get("MUSICGEN_DEVICE", "cpu")]
     else:
         served_args = ["--preset", "medium", "--melody", "--seconds", "10", "--e2e-seconds", "30"]

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from musicgen.engine.codec import Codec  # noqa: E402
-from musicgen.engine.mbd import MultiBandDiffusion  # noqa: E402
+from musicgen.engine.mbd import DEFAULT_STEPS, MultiBandDiffusion  # noqa: E402
 from musicgen_dev import bench  # noqa: E402
 from musicgen_dev.checkpoints import codec_config  # noqa: E402
 
@@ -115,6 +115,8 @@ def main() -> None:
     p.add_argument("--growth", type=float, default=2)
     p.add_argument("--kernel", type=int, default=8)
     p.add_argument("--stride", type=int, default=4)
+    p.add_argument("--passes", type=int, default=len(DEFAULT_STEPS) - 1,
+                   help="U-Net passes per band (default audiocraft's 20; fewer only for the GPU check's smoke run)")
     p.add_argument("--codec", default="small", choices=("tiny", "small"),
                    help="EnCodec's widths: the real 32 kHz codec's (small) or narrower (tiny: the GPU check's smoke run)")
     args = p.parse_args()
@@ -136,6 +138,10 @@ def main() -> None:
         theirs_parts = audiocraft_mbd(args.audiocraft, mbd, configs)
     say("device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     say("mbd.parameters_m", sum(p.numel() for b in mbd.bands for p in b.unet.parameters()) / 1e6)
+    steps = None if args.passes == len(DEFAULT_STEPS) - 1 else [round(999 * (1 - i / args.passes)) for i in
+                                                                 range(args.passes)] + [0]
+    if steps is not None and args.audiocraft:
+        p.error("--audiocraft runs audiocraft's 20 passes per band: leave --passes out to compare with it")
     for seconds in args.seconds:
         tag = f"{seconds:g}"
         codes = torch.randint(0, 2048, (4, int(seconds * 50)))
@@ -145,7 +151,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
 
         def run_ours():
-            return mbd.decode_codes(encodec.quantizer, codes, wav, torch.Generator(device).manual_seed(0))
+            return mbd.decode_codes(encodec.quantizer, codes, wav, torch.Generator(device).manual_seed(0), steps)
 
         def peak_mb() -> float:  # ours only: read before audiocraft's first run
             peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"

@@ -490,10 +490,11 @@ class MultiBandDiffusion:
         return out
 
     def decode_codes(self, quantizer, codes: torch.Tensor, encodec_wav: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, steps: list[int] | None = None) -> torch.Tensor:
         """Codes (K, frames) -> audio (channels, samples) like ``encodec_wav`` (the EnCodec decode of the same
         codes, float32 on the CPU): a stereo checkpoint's interleaved codebooks (L0 R0 L1 R1 ...) are decoded
-        channel by channel, the left then the right, each against its own EnCodec channel."""
+        channel by channel, the left then the right, each against its own EnCodec channel. ``steps``: the
+        diffusion steps (default audiocraft's ``DEFAULT_STEPS``)."""
         channels = encodec_wav.shape[0]
         device = self.re_eq_split.filters.device
         out = []
@@ -501,7 +502,7 @@ class MultiBandDiffusion:
             own = codes[c::channels] if channels > 1 else codes
             latent = codec_latent(quantizer, own[None].to(quantizer.layers[0].codebook.embed.device))
             ref = encodec_wav[c][None, None].to(device)
-            out.append(self.decode(latent.to(device, torch.float32), ref, generator)[0, 0])
+            out.append(self.decode(latent.to(device, torch.float32), ref, generator, steps)[0, 0])
         return torch.stack(out).float().cpu()
 
     def decode(self, latent: torch.Tensor, encodec_wav: torch.Tensor, generator: torch.Generator,
