@@ -159,8 +159,8 @@ def test_a_request_gives_the_same_bytes_on_one_core_or_two(tmp_path_factory):
     """Workers on machines with other core counts give the single-process bytes: everything whose float sums
     depend on the thread count (MKL's GEMM at a few odd row counts: the text projection, the cross-attention
     keys/values) runs on one core. Real musicgen-small shapes, where a thread-dependent sum was seen to flip
-    a token at step 6 of this request (without the one-core sections of musicgen/serving/service.py and
-    musicgen/engine/sequence.py the two digests differ). Both in this process: the model of each thread count
+    a token at step 6 of this request (without the one-core section of musicgen/serving/service.py, or the
+    decode loop's in musicgen/engine/sequence.py, the two digests differ). Both in this process: the model of each thread count
     is loaded with the count set, as a worker sets it before loading (its decode loop keeps that count)."""
     import gc
     import hashlib

@@ -194,8 +194,8 @@ def test_a_shard_that_fails_verification_is_never_used(published, tmp_path, monk
         manifest = json.loads((directory / MANIFEST).read_text())
         assert manifest["state"] == "failed" and manifest["damaged"] == [shard]
         # the next start, offline: the Cog predictor's setup, as the server runs it (a setup that raises leaves
-        # the server SETUP_FAILED with its sentence in the logs: tests/test_http.py; the musicgen command
-        # prints the same sentence: the refusals below)
+        # the server SETUP_FAILED with its sentence in the logs: tests/test_http.py; the musicgen command ends
+        # with a start's sentence and exit status 2: the tests of someone else's checkpoint and of stems below)
         for name, value in {"MUSICGEN_WEIGHTS": str(directory), "MUSICGEN_MODEL": repo, "HF_HUB_OFFLINE": "1"}.items():
             monkeypatch.setenv(name, value)
         refused = _predictor_setup_error()
