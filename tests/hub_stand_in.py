@@ -9,7 +9,8 @@ directories on disk on 127.0.0.1. Point the client at it with ``HF_ENDPOINT``.
   ``Range`` (the client resumes partial files with it).
 
 Faults to test with: ``corrupt[name] = bytes`` serves other bytes than the listing describes; ``cut.add(name)``
-sends half of the file and drops the connection, then refuses the file (403) until ``cut`` is cleared.
+sends half of the file and drops the connection, then refuses the file (403) while it is in ``cut`` (a client that
+retries is told at once that the Hub is gone).
 ``requests`` records (method, path, Range header) of every request.
 """
 
@@ -36,6 +37,7 @@ class HubStandIn:
             self.repos[repo] = (commit, files)
         self.corrupt: dict[str, bytes] = {}
         self.cut: set[str] = set()
+        self.dropped: set[str] = set()  # the files cut once: refused from then on while in ``cut``
         self.requests: list[tuple[str, str, str | None]] = []
         handler = type("Handler", (_Handler,), {"hub": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -125,8 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self.send_header(key, value)
                 return self.end_headers()
             if name in self.hub.cut:
-                if self.headers.get("Range"):  # the client tries to resume: the Hub is gone by now
+                if self.headers.get("Range") or name in self.hub.dropped:  # a retry: the Hub is gone by now
                     return self._send(403, b"Forbidden")
+                self.hub.dropped.add(name)
                 self.send_response(200)
                 for key, value in {**headers, "Content-Length": str(len(data))}.items():
                     self.send_header(key, value)
