@@ -295,7 +295,7 @@ def download_failure(exc: Exception, repo: str, revision: str | None) -> str:
         return f"{repo} is gated on {hub}: accept its terms on its page and set HF_TOKEN"
     if isinstance(exc, RepositoryNotFoundError):
         return f"there is no repository {repo}{at} on {hub} that can be read (a private one needs HF_TOKEN)"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""  # the caller ends the sentence
     return f"{type(exc).__name__}{': ' + first if first else ''}"
 
 

@@ -159,6 +159,8 @@ def test_an_interrupted_download_is_refused_offline_then_resumed(published, tmp_
         hub.cut.add(shard)
         proc = cli.hub(repo, "--dir", directory)
         assert proc.returncode == 1 and "could not download" in proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]  # one sentence, ended once (the server's reason ends in its own)
+        assert line.startswith(f"error: could not download {repo}") and line.endswith(".") and not line.endswith("..")
         assert json.loads((directory / MANIFEST).read_text())["state"] == "downloading"
         with pytest.raises(WeightsNotFoundError) as refused:
             MusicGen.load(settings=_offline(directory))
