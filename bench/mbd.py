@@ -46,7 +46,7 @@ def say(key: str, value) -> None:
     print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}", flush=True)
 
 
-def random_mbd(args, device, codec_dim: int = 128) -> tuple[MultiBandDiffusion, list[dict], dict]:
+def random_mbd(args, device, codec_dim: int = 128) -> tuple[MultiBandDiffusion, list[dict]]:
     """Random U-Nets of the asked size with the fixtures' schedule and processor statistics."""
     meta = json.loads((FIXTURES / "mbd.json").read_text())
     configs = []
@@ -65,7 +65,7 @@ def random_mbd(args, device, codec_dim: int = 128) -> tuple[MultiBandDiffusion, 
             getattr(band.processor, name).copy_(stats[f"0.processor.{name}"])
         band.to(device)
     model.re_eq_split.to(device)
-    return model, configs, {f"{i}.model.{k}": v for i, b in enumerate(model.bands) for k, v in b.unet.state_dict().items()}
+    return model, configs
 
 
 def audiocraft_mbd(folder: str, model: MultiBandDiffusion, configs: list[dict]):
@@ -132,7 +132,7 @@ def main() -> None:
     if args.weights:
         mbd, configs = MultiBandDiffusion.load(args.weights, device), None
     else:
-        mbd, configs, _ = random_mbd(args, device, encodec.config.hidden_size)
+        mbd, configs = random_mbd(args, device, encodec.config.hidden_size)
     theirs_parts = None
     if args.audiocraft and device.type == "cpu" and configs is not None:
         theirs_parts = audiocraft_mbd(args.audiocraft, mbd, configs)

@@ -81,7 +81,6 @@ def _concurrency(env: Mapping[str, str]) -> int | None:
     return _count("MUSICGEN_CONCURRENCY", own or env.get("COG_MAX_CONCURRENCY"))
 
 
-
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL  # MUSICGEN_MODEL: Hub repo id

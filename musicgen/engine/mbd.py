@@ -464,27 +464,26 @@ class MultiBandDiffusion:
         """``wav`` with each of 32 mel bands scaled to the standard deviation of that band of ``ref``, the
         standard deviations over the whole clip (computed chunk by chunk for a clip of several chunks)."""
         spans = self.spans(ref.shape[-1])
-        if len(spans) == 1:
+        if len(spans) == 1:  # audiocraft's own computation, the bands of ``wav`` split once
             bands, bands_ref = self.re_eq_split(wav), self.re_eq_split(ref)
-            out = torch.zeros_like(ref)
-            for band, band_ref in zip(bands, bands_ref):
-                out += band * (band_ref.std() / band.std()) ** strictness
-            return out
+            scale = [(band_ref.std() / band.std()) ** strictness for band, band_ref in zip(bands, bands_ref)]
+            pieces = [(0, ref.shape[-1], bands)]
+        else:
+            def stds(x: torch.Tensor) -> torch.Tensor:  # each band's over the clip, from float64 sums
+                count, total = 0, torch.zeros(RE_EQ_BANDS, dtype=torch.float64)
+                squares = torch.zeros_like(total)
+                for _, _, bands in self._pieces(self.re_eq_split, x, spans, self.re_eq_split.half):
+                    count += bands[0].numel()
+                    for index, band in enumerate(bands):  # one band in float64 at a time
+                        band = band.double()
+                        total[index] += band.sum().cpu()
+                        squares[index] += band.square().sum().cpu()
+                return ((squares - total**2 / count) / (count - 1)).clamp(min=0).sqrt()
 
-        def stds(x: torch.Tensor) -> torch.Tensor:  # each band's over the clip, from float64 sums
-            count, total = 0, torch.zeros(RE_EQ_BANDS, dtype=torch.float64)
-            squares = torch.zeros_like(total)
-            for _, _, bands in self._pieces(self.re_eq_split, x, spans, self.re_eq_split.half):
-                count += bands[0].numel()
-                for index, band in enumerate(bands):  # one band in float64 at a time
-                    band = band.double()
-                    total[index] += band.sum().cpu()
-                    squares[index] += band.square().sum().cpu()
-            return ((squares - total**2 / count) / (count - 1)).clamp(min=0).sqrt()
-
-        scale = ((stds(ref) / stds(wav)) ** strictness).tolist()
+            scale = ((stds(ref) / stds(wav)) ** strictness).tolist()
+            pieces = self._pieces(self.re_eq_split, wav, spans, self.re_eq_split.half)  # split again, chunk by chunk
         out = torch.zeros_like(ref)
-        for start, stop, bands in self._pieces(self.re_eq_split, wav, spans, self.re_eq_split.half):
+        for start, stop, bands in pieces:
             for band, factor in zip(bands, scale):
                 out[..., start:stop] += band * factor
         return out

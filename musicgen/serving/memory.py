@@ -2,8 +2,8 @@
 
 A GPU process holds the weights (measured once loaded), one KV cache slot per request decoded at once, and
 room for the work around the decode loop: the prefill of a window (one at a time, in the decode loop) and the
-request-side work (text encoder, EnCodec chunks, Demucs segments, MultiBand Diffusion's decode), of which at most ``request_workers`` run
-at once (``musicgen.serving.gpu_work``). ``plan`` turns those sizes and the card's free memory into slots; it is pure,
+request-side work (text encoder, EnCodec chunks, Demucs segments, MultiBand Diffusion's decode), of which at
+most ``request_workers`` run at once (``musicgen.serving.gpu_work``). ``plan`` turns those sizes and the card's free memory into slots; it is pure,
 so the table of docs/deployment.md (``python -m musicgen_dev.gpu_memory``) and a server's setup compute the same numbers.
 
 Request-side peaks were measured with the real layouts (``bench/request_memory.py``, CPU peak resident

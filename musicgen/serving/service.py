@@ -22,7 +22,7 @@ from musicgen.engine import loading
 from musicgen.serving import memory, metrics
 from musicgen.engine.engine import Engine, Progress, WindowEvent, WindowSettings
 from musicgen.errors import MusicGenError, WeightsNotFoundError
-from musicgen.inputs import spelled
+from musicgen.inputs import MAX_DURATION, spelled
 from musicgen.serving.gpu_work import RequestWork
 from musicgen.engine.quant import one_thread
 from musicgen.request import GenerationRequest
@@ -94,7 +94,8 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency", "decoder": "decoder"}  # MusicGen.load's
+_LOAD_PARAMETERS = {"device": "device", "precision": "precision", "concurrency": "concurrency",
+                    "decoder": "decoder"}  # MusicGen.load's
 
 
 class MusicGen:
@@ -398,6 +399,4 @@ def _load_mbd(settings: Settings, allow_download: bool, device: torch.device):
 
 def _mbd_bytes(mbd, sample_rate: int) -> int:
     """MultiBand Diffusion's working memory for the longest clip a request may ask for (0 without MBD)."""
-    from musicgen.inputs import MAX_DURATION
-
     return mbd.working_bytes(MAX_DURATION * sample_rate) if mbd is not None else 0
