@@ -13,3 +13,13 @@ class MusicGenError(Exception):
 
 class WeightsNotFoundError(MusicGenError):
     """The checkpoint is not on disk and could not be downloaded."""
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as one line for a log: ``Type: first line of its message``. A compiler's wrapper whose own
+    first line says nothing (torch.compile's "backend='…' raised:") gives the error it wraps."""
+    inner = getattr(exc, "inner_exception", None)
+    if isinstance(inner, BaseException) and inner is not exc:
+        return reason(inner)
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -127,3 +127,35 @@ def test_multiband_diffusion_on_cuda_is_audiocrafts(checkpoints):
             for _ in range(2)]
     assert runs[0].shape == ref["decode.out"].shape and torch.isfinite(runs[0]).all()
     assert torch.equal(runs[0], runs[1])
+
+
+def test_the_compiled_step_reads_each_rows_own_keys_and_decodes_what_the_dense_step_decodes(checkpoints):
+    """The served form (compiled, CUDA graphs) attends through FlexAttention under the rows' block mask
+    (musicgen/engine/row_attention.py): it compiles and captures without falling back, one graph per slot and
+    text bucket (no key buckets), and requests decoding together at different positions get the greedy tokens
+    of the eager dense step. Last in this file: it compiles, the slowest test here."""
+    model, tokenizer = load(checkpoints["plain"], CUDA)
+    served = Engine(model, tokenizer, WINDOWS, precision="fp32", static_step=True, compile=True)
+    dense = _engine(checkpoints["plain"], "fp32", True)
+    scheduler = Scheduler(served, 2)
+    try:
+        graph = scheduler.graph
+        assert graph.compiled and graph.per_row and not graph.fallbacks, graph.fallbacks
+        assert graph.key_buckets() == [graph.length] and set(graph.graphs) == set(graph.buckets())
+        greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+        requests = [("a longer prompt about a jazz trio", 120), ("lofi beat", 40)]
+        results = [None] * len(requests)
+
+        def run(i):
+            text, frames = requests[i]
+            results[i] = scheduler.run(Sequence(served, served.conditioner.encode_text(text), frames, greedy))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for (text, frames), codes in zip(requests, results):
+            assert (codes == dense.generate_codes(text, frames, greedy)).float().mean() > 0.95, text
+    finally:
+        scheduler.close()

@@ -14,6 +14,7 @@ from conftest import tone
 from musicgen.engine.engine import Engine, WindowSettings
 from musicgen.engine.loading import load
 from musicgen.engine.sampling import SamplingParams
+from musicgen.engine.sequence import Sequence
 from musicgen.serving.scheduler import Cancelled, Scheduler
 
 
@@ -268,3 +269,98 @@ def test_a_fixed_step_its_sampling_and_its_bookkeeping_never_read_the_device(che
         assert all(seq.steps == 11 for seq in sequences)
     finally:
         scheduler.close()
+
+
+def _staggered_step(checkpoint, prompts: list[int], **options):
+    """A fixed-shape step (``options``: GraphStep's) whose slots hold requests at very different positions
+    (prompts of ``prompts`` frames, prefilled), each with its next column set."""
+    from musicgen.engine.graphs import GraphStep
+
+    model, tokenizer = load(checkpoint, torch.device("cpu"))
+    engine = Engine(model, tokenizer, precision="fp32", static_step=True)
+    graph = GraphStep(engine.backend.decoder, len(prompts), max(prompts) + 64, 64, **options)
+    gen = torch.Generator().manual_seed(5)
+    for slot, frames in enumerate(prompts):
+        prompt = torch.randint(0, 2048, (engine.num_codebooks, frames), generator=gen)
+        seq = Sequence(engine, engine.conditioner.encode_text("word " * (1 + 3 * slot)), 20,
+                       SamplingParams(top_k=50), torch.Generator().manual_seed(slot), prompt)
+        logits, _, _ = graph.open_window(slot, seq.next_window())
+        seq.consume(logits)
+        graph.set_column(slot, seq.window.step_ids())
+    return engine.backend.decoder, graph
+
+
+def test_per_row_attention_reads_only_each_rows_keys_and_decodes_the_same_step(checkpoints):
+    """The step with per-row key reads (FlexAttention under a block mask built from the rows' positions: what
+    the compiled step runs on CUDA), run eagerly: with four requests 5 to 700 frames in, every row's logits are
+    the dense step's (which reads every row up to the longest one), the mask covers each row's own keys and at
+    most one block more, and building it reads nothing back from the device."""
+    from musicgen.engine import row_attention
+
+    decoder, graph = _staggered_step(checkpoints["plain"], [5, 140, 300, 700])
+    rows = 2 * graph.slots
+    with torch.inference_mode():
+        dense = decoder.fixed_step(graph.ids, graph.pos, rows, graph.caches, graph.text,
+                                   graph.bucket(graph.slots, int(graph.pos.max()) + 1)[1], 64).clone()
+        per_row = decoder.fixed_step(graph.ids, graph.pos, rows, graph.caches, graph.text, graph.length, 64,
+                                     per_row=True)
+        with _Ops() as recorded:  # the mask is all the per-row step adds to the host's side of a step
+            mask = row_attention.row_blocks(graph.pos[:rows], graph.length)
+    difference = (per_row[:rows] - dense[:rows]).abs().max()
+    assert difference < 1e-5, difference
+    assert recorded.ops and not recorded.ops & HOST_READS, recorded.ops
+    need = graph.pos[:rows] + 1  # keys each row attends: its positions so far, its own included
+    read = row_attention.positions_read(mask)
+    assert bool((read >= need).all()) and bool((read - need < row_attention.KEY_BLOCK).all()), (read, need)
+    assert int(need.max()) > 700 and int(need.min()) < 200  # really staggered
+
+
+def test_per_row_reads_of_staggered_requests_stay_within_a_tenth_of_their_keys():
+    """Eight musicgen-melody requests of 10 to 30 s at different points of their decode (the prefix: 235 chroma
+    frames and a 20-token text): the block mask reads at most 1.1x the keys the rows need, where reading every
+    row up to the longest one, rounded to its bucket, reads 1.5x or more."""
+    from musicgen.engine import row_attention
+    from musicgen.engine.graphs import LENGTH_BUCKET, round_up
+
+    prefix, rate, delays = 235 + 20, 50, 4
+    positions = []
+    for i in range(8):
+        seconds, progress = 10 + 20 * i / 7, (i + 0.5) / 8
+        at = prefix + int(progress * (seconds * rate + delays))
+        positions += [at, at]  # the conditional and the unconditional row
+    pos = torch.tensor(positions)
+    cache = round_up(prefix + 30 * rate + delays + 1, LENGTH_BUCKET)
+    need = int((pos + 1).sum())
+    read = int(row_attention.positions_read(row_attention.row_blocks(pos, cache)).sum())
+    dense = pos.numel() * round_up(int(pos.max()) + 1, LENGTH_BUCKET)
+    assert read <= 1.1 * need, read / need
+    assert dense >= 1.5 * need, dense / need  # what the per-row read removes
+
+
+def test_per_row_attention_that_fails_to_compile_falls_back_to_the_dense_read_still_compiled(checkpoints, caplog):
+    """Where FlexAttention does not compile (this CPU's inductor, an old driver), the step says so once and
+    keeps compiling the dense read, one graph per key bucket, decoding what the eager step decodes."""
+    from musicgen.engine.graphs import LENGTH_BUCKET, GraphStep
+
+    compiled = []
+
+    def no_flex(gm, example_inputs):  # a compiler that cannot lower FlexAttention
+        if any("flex_attention" in str(node.target) for node in gm.graph.nodes):
+            raise RuntimeError("flex_attention is not supported here")
+        compiled.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    decoder, step = _staggered_step(checkpoints["plain"], [5, 300], compile=True, compile_backend=no_flex,
+                                    per_row=True)
+    assert step.per_row and step.key_buckets() == [step.length]  # one key extent: the mask bounds the reads
+    caplog.set_level("WARNING", logger="musicgen.engine.graphs")
+    with torch.inference_mode():
+        step.record()
+        assert step.compiled and not step.per_row and compiled
+        assert "the per-row attention (FlexAttention) step failed (RuntimeError: flex_attention is not" in caplog.text
+        assert step.key_buckets() == list(range(LENGTH_BUCKET, step.length + 1, LENGTH_BUCKET))
+        longest = int(step.pos.max()) + 1
+        keys = step.bucket(2, longest)[1]
+        eager = decoder.fixed_step(step.ids, step.pos, 4, step.caches, step.text, keys, 64).clone()
+        assert torch.equal(step.decode(2, longest)[:4], eager[:4])

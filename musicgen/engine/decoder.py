@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from musicgen.engine import row_attention
 from musicgen.engine.kv_cache import CrossKV, KVCache
 from musicgen.engine.quant import PRECISIONS, Linear, compute_dtype, one_thread, stack
 
@@ -128,18 +129,23 @@ class Layer:
             q_seg, keys[seg.rows, :, : seg.kv_len], values[seg.rows, :, : seg.kv_len], masks[i]))
         return self.out(att.merge(out).to(self.dtype))
 
-    def fixed(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, kv_len: int, mask: torch.Tensor,
-              text: CrossKV | None, text_len: int) -> torch.Tensor:
+    def fixed(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, kv_len: int,
+              mask: torch.Tensor | row_attention.BlockMask, text: CrossKV | None, text_len: int) -> torch.Tensor:
         """One column for every row of ``x`` (R, 1, H) at once (``fixed_step``): the first ``pos.shape[0]``
         rows are the cache's rows at positions ``pos``, each attending to its first ``kv_len`` keys under
-        ``mask`` and to the first ``text_len`` positions of its own row of ``text``; the rest are idle rows
-        (their attention is zero). The matmuls always see all R rows."""
+        ``mask`` (an additive mask, or a block mask: each row reads only its own blocks) and to the first
+        ``text_len`` positions of its own row of ``text``; the rest are idle rows (their attention is zero). The
+        matmuls always see all R rows."""
         att = self.attention
         active = pos.shape[0]
         q, k, v = self._qkv(x)
         rows = torch.arange(active, device=x.device)
         cache.update(pos[:, None], k[:active], v[:active], rows)
-        out = att(q[:active], cache.k[:active, :, :kv_len], cache.v[:active, :, :kv_len], mask)
+        keys, values = cache.k[:active, :, :kv_len], cache.v[:active, :, :kv_len]
+        if isinstance(mask, torch.Tensor):
+            out = att(q[:active], keys, values, mask)
+        else:
+            out = row_attention.attend(q[:active], keys, values, mask)
         x = x + self.out(att.merge(_pad_rows(out, x.shape[0])).to(self.dtype))
         if text is not None:
             q = att.split(self.q_cross(self._norm(x, self.ln_cross))).to(att.state_dtype)
@@ -410,17 +416,22 @@ class FastDecoder:
         return self._step(self.embed(ids), segments, caches)
 
     def fixed_step(self, ids: torch.Tensor, pos: torch.Tensor, active: int, caches: list[KVCache],
-                   text: list[CrossKV] | None, kv_len: int, text_len: int = 0) -> torch.Tensor:
+                   text: list[CrossKV] | None, kv_len: int, text_len: int = 0, per_row: bool = False) -> torch.Tensor:
         """One column ``ids`` (R, K, 1) for all R rows of ``caches`` at once, the form a CUDA graph captures:
         the first ``active`` rows attend, row r writing its keys at position ``pos[r]`` (a device tensor of
         R positions) and reading its keys below ``kv_len``, masked past its own position; each row reads the
         first ``text_len`` positions of its own row of ``text`` (per layer, padded and masked; at least the
         longest active text). No host sync, no data-dependent shape: every shape is set by R, the active
-        rows, ``kv_len`` and ``text_len``. Returns (R, K, vocab) float32 logits (idle rows' are meaningless)."""
+        rows, ``kv_len`` and ``text_len``. ``per_row``: attention reads each row's keys only up to its own
+        position's block (``musicgen.engine.row_attention``; fused only when compiled), ``kv_len`` a multiple
+        of its block. Returns (R, K, vocab) float32 logits (idle rows' are meaningless)."""
         x = self.embed(ids) + self._position_table[pos][:, None]
         pos = pos[:active]
-        visible = self._key_positions[:kv_len][None, :] <= pos[:, None]  # (active, keys)
-        mask = torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)[:, None, None]
+        if per_row:
+            mask = row_attention.row_blocks(pos, kv_len)
+        else:
+            visible = self._key_positions[:kv_len][None, :] <= pos[:, None]  # (active, keys)
+            mask = torch.where(visible, 0.0, torch.finfo(self.state_dtype).min).to(self.state_dtype)[:, None, None]
         for index, (layer, cache) in enumerate(zip(self.layers, caches)):
             x = layer.fixed(x, cache, pos, kv_len, mask, None if text is None else text[index], text_len)
         return self._logits(x[:, -1])

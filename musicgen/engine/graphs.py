@@ -10,16 +10,19 @@ up to a length bucket:
 - rows: the matmuls always take every slot's rows (a fixed row count, so that a row's result never depends
   on how many requests decode beside it); attention runs over the rows of the first ``active`` slots only,
   rounded up to a power of two (a request joins the lowest free slot, so this stays small);
-- keys: attention reads each row's cache up to the longest active row, rounded up to ``LENGTH_BUCKET``
-  positions, under a per-row mask; at 8 slots of 30 s that is what the longest request needs, not the whole
-  cache of every slot;
+- keys: compiled on CUDA, each row reads its own keys only, up to its own position's block of 128
+  (``musicgen.engine.row_attention``: FlexAttention under a block mask built on the device), over the whole
+  cache, so one shape serves every length. Otherwise (eager, or where that does not compile) attention reads
+  each row's cache up to the longest active row, rounded up to ``LENGTH_BUCKET`` positions, under a per-row
+  mask; at 8 slots of 30 s that is what the longest request needs, not the whole cache of every slot;
 - text (plain checkpoints): cross-attention reads each row's text keys up to the longest active text, rounded
   up to a power of two times ``TEXT_BUCKET`` (a 20-token prompt reads 64 positions, not the encoder's 512: at
   musicgen-medium's shapes that is ~260 MB less per request-step). Past a row's own text its keys are
   masked, and the null condition's (all masked) values are zeros, so a shorter read gives the same result.
 
-So there are at most log2(slots) + 1 row buckets times (cache length / ``LENGTH_BUCKET``) key buckets times
-log2(text length / ``TEXT_BUCKET``) + 1 text buckets (one without cross-attention) shapes; on CUDA
+So there are at most log2(slots) + 1 row buckets times (cache length / ``LENGTH_BUCKET``) key buckets (one
+with per-row reads) times log2(text length / ``TEXT_BUCKET``) + 1 text buckets (one without cross-attention)
+shapes; on CUDA
 each gets its CUDA graph at setup (``record``, called in the decode loop's own thread), and requests join
 and leave between steps without recording anything. Nothing in a step reads the device from the host:
 positions, per-row lengths and the mask stay on the device; the host tracks how far each request got.
@@ -37,8 +40,10 @@ from collections.abc import Callable
 import torch
 import torch.fx.experimental._config as shape_config
 
+from musicgen.engine import row_attention
 from musicgen.engine.decoder import FastDecoder, Segment
 from musicgen.engine.kv_cache import CrossKV, KVCache
+from musicgen.errors import reason
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +58,18 @@ def round_up(n: int, bucket: int) -> int:
 
 class GraphStep:
     def __init__(self, decoder: FastDecoder, slots: int, length: int, text_length: int = 0,
-                 capture: bool | None = None, compile: bool = False, compile_backend: str | Callable | None = None):
+                 capture: bool | None = None, compile: bool = False, compile_backend: str | Callable | None = None,
+                 per_row: bool | None = None):
         """``slots`` requests of up to ``length`` positions (prefix included) and texts of ``text_length``
-        tokens (both grow if a request needs more). ``capture`` (default: on CUDA): replay CUDA graphs; ``compile``: the step through
-        ``torch.compile`` (``compile_backend``, default the decoder's), captured on CUDA."""
+        tokens (both grow if a request needs more). ``capture`` (default: on CUDA): replay CUDA graphs;
+        ``compile``: the step through ``torch.compile`` (``compile_backend``, default the decoder's), captured on
+        CUDA; ``per_row`` (default: compiled on CUDA): each row reads only its own keys
+        (``musicgen.engine.row_attention``), while the step is compiled."""
         self.decoder, self.slots, self.rows = decoder, slots, ROWS_PER_SLOT * slots
         device = decoder.device
         self.capture = device.type == "cuda" if capture is None else capture
+        self._per_row = (compile and device.type == "cuda") if per_row is None else per_row
+        self._per_row = self._per_row and row_attention.available()
         self.ids = torch.full((self.rows, decoder.num_codebooks, 1), 0, dtype=torch.long, device=device)
         self.pos = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.advance = torch.zeros(self.rows, dtype=torch.long, device=device)  # 1 on rows that decode
@@ -101,14 +111,24 @@ class GraphStep:
             n *= 2
         return counts + [size]
 
+    def key_buckets(self) -> list[int]:
+        """Key extents a step attends over: multiples of ``LENGTH_BUCKET`` up to the cache's length, or the
+        whole cache alone when each row reads only its own keys."""
+        return [self.length] if self.per_row else list(range(LENGTH_BUCKET, self.length + 1, LENGTH_BUCKET))
+
     def buckets(self) -> list[tuple[int, int, int]]:
         """Every (active slots, keys, text positions) shape a step can take."""
-        return [(s, k, t) for s in self.slot_buckets() for k in range(LENGTH_BUCKET, self.length + 1, LENGTH_BUCKET)
-                for t in self.text_buckets()]
+        return [(s, k, t) for s in self.slot_buckets() for k in self.key_buckets() for t in self.text_buckets()]
 
     def bucket(self, slots: int, length: int, text: int = 0) -> tuple[int, int, int]:
-        return (next(s for s in self.slot_buckets() if s >= slots), round_up(length, LENGTH_BUCKET),
+        return (next(s for s in self.slot_buckets() if s >= slots),
+                self.length if self.per_row else round_up(length, LENGTH_BUCKET),
                 next(t for t in self.text_buckets() if t >= text))
+
+    @property
+    def per_row(self) -> bool:
+        """Whether each row reads only its own keys (FlexAttention: fused only when compiled)."""
+        return self._per_row and self.compiled
 
     # ------------------------------------------------------------ a request's rows
     def rows_of(self, slot: int, rows: int = ROWS_PER_SLOT) -> slice:
@@ -216,7 +236,7 @@ class GraphStep:
         # sizes are symbols, each its own: two that happen to be equal once (a text bucket and a layer's
         # width) must not be assumed equal forever, or a later shape would compile again
         with shape_config.patch(use_duck_shape=False):
-            return self._fn(self.ids, self.pos, active, self.caches, self.text, keys, text)
+            return self._fn(self.ids, self.pos, active, self.caches, self.text, keys, text, self.per_row)
 
     def _compiled(self) -> Callable:
         """The step through ``torch.compile``: one graph (no break: a host sync would be one), its sizes
@@ -257,12 +277,17 @@ class GraphStep:
         """Run every bucket once (compiling the step, when compiled) and, on CUDA, record its graph. Call it
         in the thread that will replay the graphs, before any request decodes (the warm-up writes idle
         rows; rows in flight get what their next step writes anyway). A compiler failure falls back to the
-        eager step, a capture failure to replaying nothing, each with one warning."""
+        eager step, a capture failure to replaying nothing, each with one warning; with per-row key reads,
+        a failure first falls back to the dense read, still compiled."""
         try:
             self._record()
         except Exception as exc:
-            self.fallbacks.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            if self.compiled:
+            self.fallbacks.append(reason(exc))
+            if self.per_row:
+                warn_fallback(exc, "reading keys up to the longest active row from now on",
+                              "the per-row attention (FlexAttention) step failed")
+                self._per_row = False
+            elif self.compiled:
                 warn_fallback(exc, "decoding without torch.compile from now on")
                 self._fn = self.decoder.fixed_step
             elif self.capture:
@@ -319,4 +344,4 @@ def grow_caches(decoder: FastDecoder, caches: list[KVCache], rows: int, needed: 
 
 def warn_fallback(exc: BaseException, then: str, what: str = "the compiled decode step failed") -> None:
     """One warning line: what failed, why, and what decoding does instead."""
-    log.warning("%s (%s: %s); %s", what, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", then)
+    log.warning("%s (%s); %s", what, reason(exc), then)

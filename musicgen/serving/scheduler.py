@@ -15,10 +15,11 @@ Two forms of the shared step:
   request gives the same bytes alone or beside others.
 - the fixed-shape step (``musicgen.engine.graphs``; CUDA default, CUDA graphs): every slot's rows in one call per
   layer, positions on the device, no host sync. Its matrix products always take every slot's rows (a
-  row's result does not depend on the others); attention runs over the active slots' rows and keys up to
-  the longest active row, rounded to buckets, each row masked past its own position, so that the keys a
-  row reads, and the order its kernel sums them in, may depend on who else decodes (equal on CPU in the
-  tests; not promised on CUDA, whose attention kernels choose their split by shape).
+  row's result does not depend on the others); attention runs over the active slots' rows, each row reading
+  its own keys only when compiled on CUDA (``musicgen.engine.row_attention``), else keys up to the longest
+  active row, rounded to buckets, each row masked past its own position. The order an attention kernel sums a
+  row's keys in may depend on who else decodes (equal on CPU in the tests; not promised on CUDA, whose kernels
+  choose their split by shape).
 
 When the shared step fails (out of memory), the memory it held is released and each request's column is
 decoded alone; only a request whose own step fails again fails.
@@ -42,6 +43,7 @@ from musicgen.engine.decoder import Segment
 from musicgen.engine.graphs import ROWS_PER_SLOT, grow_caches
 from musicgen.serving.memory import ModelShapes
 from musicgen.engine.sequence import Cancelled, Sequence
+from musicgen.errors import reason
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +258,8 @@ class Scheduler:
         try:
             logits = self._shared_step(stepping)
         except Exception as exc:  # out of memory, most likely: free what the step held, then each alone
-            log.warning("the shared decode step of %d request(s) failed (%s: %s); decoding each alone",
-                        len(stepping), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning("the shared decode step of %d request(s) failed (%s); decoding each alone", len(stepping),
+                        reason(exc))
             del exc
             if self.decoder.device.type == "cuda":
                 torch.cuda.empty_cache()

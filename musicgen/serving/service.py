@@ -21,7 +21,7 @@ from musicgen import hub
 from musicgen.engine import loading
 from musicgen.serving import memory, metrics
 from musicgen.engine.engine import Engine, Progress, WindowEvent, WindowSettings
-from musicgen.errors import MusicGenError, WeightsNotFoundError
+from musicgen.errors import MusicGenError, WeightsNotFoundError, reason
 from musicgen.inputs import MAX_DURATION, spelled
 from musicgen.serving.gpu_work import RequestWork
 from musicgen.engine.quant import one_thread
@@ -53,7 +53,7 @@ def _load_separator(settings: Settings, device: torch.device,
         separator = StemSeparator.load(directory, device)
     except Exception as exc:  # damaged or foreign files: melody requests say so, the rest keeps working
         problem = (f"The melody stem separation weights in {directory} could not be loaded "
-                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); run `make weights` "
+                   f"({reason(exc)}); run `make weights` "
                    "again, or set MUSICGEN_MELODY_STEMS=0 to follow the raw mix's melody.")
         log.warning("%s", problem)
         return None, problem
