@@ -11,7 +11,8 @@ Printed, one ``key=value`` per line as each figure is known (``bench/gpu_check.p
 
 - setup: ``load_s``, ``warm_up_s`` (every step shape's first run: compilation, when compiled), ``capture_s`` (CUDA
   graphs), ``compiled`` / ``graphs`` / ``fallbacks`` (whether the step really ran compiled and replayed graphs),
-  ``per_row`` (whether each row read only its own keys: musicgen/engine/row_attention.py);
+  ``per_row`` (whether each row read only its own keys: musicgen/engine/row_attention.py), ``sampling_in_step``
+  (whether the recorded step sampled every request itself);
 - per client count N: ``cN.audio_s_per_s``, ``cN.p50_s`` / ``cN.p95_s`` (latency), ``cN.steps_per_s`` (shared decode
   steps per second: each request in flight advances one column a step), ``cN.gb_per_s`` and ``cN.roofline`` (the
   bytes the run had to read over its wall time, and that against the measured copy bandwidth: musicgen_dev/roofline.py);
@@ -125,6 +126,7 @@ def main() -> int:
     say("shapes", len(graph.buckets()) if graph is not None else 0)
     say("fallbacks", len(graph.fallbacks) if graph is not None else 0)
     say("per_row", graph.per_row if graph is not None else False)
+    say("sampling_in_step", graph.sampling if graph is not None else False)
     for reason in graph.fallbacks if graph is not None else []:
         print(f"fallback: {reason}", flush=True)
     say("slots", scheduler.slots)

@@ -43,31 +43,55 @@ def test_cuda_graphs_decode_what_the_segments_step_decodes(checkpoints, kind):
 
 
 def test_a_decode_step_and_its_sampling_never_wait_for_the_device(checkpoints):
+    """Replays of the recorded step, which samples every request's next column itself, as the decode loop runs
+    them: nothing waits for the device (CUDA's sync detector), and the requests' tokens change every step."""
     engine = _engine(checkpoints["plain"], "bf16", True)
     scheduler = Scheduler(engine, 4)  # records every shape (outside the check)
     graph = scheduler.graph
     try:
+        assert graph.sampling and graph.graphs, graph.fallbacks
         sequences = [_sequence(engine, text, 1, i) for i, text in enumerate(("a", "drums", None, "strings"))]
         with torch.inference_mode():
             filled = 0
             for slot, seq in enumerate(sequences):
                 logits, length, _ = graph.open_window(slot, seq.next_window())
                 seq.consume(logits)
+                graph.attach(slot, seq.window, seq.generator)
                 filled = max(filled, length)
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:
                 for _ in range(20):
-                    for slot, seq in enumerate(sequences):
-                        graph.set_column(slot, seq.window.step_ids())
-                    logits = graph.decode(len(sequences), filled + 1)
+                    graph.decode(len(sequences), filled + 1)
                     filled += 1
-                    for slot, seq in enumerate(sequences):
-                        seq.consume(logits[graph.rows_of(slot, seq.window.rows)])
+                    for seq in sequences:
+                        seq.sampled()
             finally:
                 torch.cuda.set_sync_debug_mode(0)
+        for seq in sequences:
+            new = seq.window.seq[:, seq.window.first_free.max() : seq.window.s]
+            assert new.numel() and len(torch.unique(new)) > 1  # fresh noise each replay
     finally:
         scheduler.close()
+
+
+def test_sampling_inside_the_cuda_graph_gives_each_seed_the_tokens_sampled_on_the_host(checkpoints):
+    """Each slot's generator registered with the graphs takes over its request's state: replays draw what the
+    request's own generator draws on the host after each step, so every seed decodes the same codes (and a
+    second run with the same seed the same again)."""
+    engine = _engine(checkpoints["plain"], "fp32", True)
+    host, graphs = Scheduler(engine, 4, sample_in_step=False), Scheduler(engine, 4)
+    try:
+        assert graphs.graph.sampling and graphs.graph.graphs, graphs.graph.fallbacks
+        requests = [("lofi beat", 1, 1, 3.0), ("jazz trio", 2, 2, 1.0), (None, 1, 3, 3.0), ("lofi beat", 1, 4, 3.0)]
+        expected = [host.run(_sequence(engine, *r)) for r in requests]
+        jobs = [graphs.submit(_sequence(engine, *r)) for r in requests]
+        got = [job.wait() for job in jobs]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+        assert not torch.equal(got[0], got[3])  # another seed, other codes
+    finally:
+        host.close()
+        graphs.close()
 
 
 def test_bf16_stays_near_fp32(checkpoints):

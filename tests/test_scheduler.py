@@ -236,39 +236,87 @@ HOST_READS = {"_local_scalar_dense", "item", "equal", "nonzero", "masked_select"
               "_unique2", "repeat_interleave"}
 
 
+class _Calls(_Ops):
+    """The number of ATen operator calls a piece of code makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def _attached(engine, graph, params, texts):
+    """One request per slot with ``params``, its window opened, its first column sampled and attached to the
+    step, as the decode loop does it. Returns their sequences and the longest filled length."""
+    sequences = [_sequence(engine, (text, 1, p, i, None, None)) for i, (text, p) in enumerate(zip(texts, params))]
+    filled = 0
+    for slot, seq in enumerate(sequences):
+        logits, length, _ = graph.open_window(slot, seq.next_window())
+        seq.consume(logits)
+        graph.attach(slot, seq.window, seq.generator)
+        filled = max(filled, length)
+    return sequences, filled
+
+
 @pytest.mark.parametrize("kind", ["plain", "melody"])
 def test_a_fixed_step_its_sampling_and_its_bookkeeping_never_read_the_device(checkpoints, kind):
-    """Decode steps of four requests in the fixed-shape step, as the decode loop runs them (columns in, one
-    call, the positions advanced, each request's guidance, top-k/top-p draw and its sequence updated): no
-    operator that reads a value back to the host runs. (tests/test_gpu.py checks the same with CUDA's sync
-    detector.)"""
+    """Decode steps of four requests in the fixed-shape step, as the decode loop runs them (one call that
+    decodes, applies each request's guidance, draws its top-k/top-p token, writes it into its window and feeds it
+    back; the positions and columns advanced): no operator that reads a value back to the host runs, and the
+    host's share of a step is the same few operator calls for one request as for four, plus one noise draw per
+    sampling request. (tests/test_gpu.py checks the same with CUDA's sync detector.)"""
     model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
     engine = Engine(model, tokenizer, precision="fp32", static_step=True)
-    scheduler = Scheduler(engine, 4)
+    scheduler = Scheduler(engine, 4, sample_in_step=True)  # as under CUDA graphs
     graph = scheduler.graph
     try:
         params = [SamplingParams(top_k=50), SamplingParams(top_p=0.9), SamplingParams(cfg_scale=1.0),
                   SamplingParams(temperature=0.7)]
-        sequences = [_sequence(engine, (text, 1, p, i, None, None))
-                     for i, (text, p) in enumerate(zip(("a", "drums", None, "strings"), params))]
-        filled = []
+        calls = {}
         with torch.inference_mode():
-            for slot, seq in enumerate(sequences):
-                logits, length, _ = graph.open_window(slot, seq.next_window())
-                seq.consume(logits)
-                filled.append(length)
-            with _Ops() as recorded:
-                for step in range(10):
-                    for slot, seq in enumerate(sequences):
-                        graph.set_column(slot, seq.window.step_ids())
-                    logits = graph.decode(len(sequences), max(filled) + 1 + step)
-                    for slot, seq in enumerate(sequences):
-                        seq.consume(logits[graph.rows_of(slot, seq.window.rows)])
-        assert "index_put_" in recorded.ops or "index_put" in recorded.ops  # the step did run under the recorder
-        assert not recorded.ops & HOST_READS, recorded.ops & HOST_READS
-        assert all(seq.steps == 11 for seq in sequences)
+            for n in (4, 1):
+                sequences, filled = _attached(engine, graph, params[:n], ("a", "drums", None, "strings")[:n])
+                with _Ops() as recorded, _Calls() as counted:
+                    for step in range(10):
+                        graph.decode(graph.slots, filled + 1 + step)  # every slot's shape: only requests vary
+                        for seq in sequences:
+                            seq.sampled()
+                calls[n] = counted.count / 10
+                assert "scatter_" in recorded.ops  # the step did sample under the recorder
+                assert not recorded.ops & HOST_READS, recorded.ops & HOST_READS
+                assert all(seq.steps == 11 for seq in sequences)
+                for slot in range(n):
+                    graph.leave(slot)
+        assert calls[4] == calls[1] + 2 * 3, calls  # per request: its noise (its row of the buffer, the draw)
     finally:
         scheduler.close()
+
+
+@pytest.mark.parametrize("kind", ["plain", "melody"])
+def test_sampling_inside_the_step_gives_each_seed_the_tokens_sampled_on_the_host(checkpoints, kind):
+    """The fixed-shape step that samples every request itself decodes, for every seed and setting (top-k,
+    top-p, plain, greedy, low temperature, guidance 1 and 5, prompts, melody, several windows), exactly the
+    codes sampled request by request on the host after the step, alone and beside each other."""
+    model, tokenizer = load(checkpoints[kind], torch.device("cpu"))
+    engine = Engine(model, tokenizer, WindowSettings(window_s=1.0, stride_s=0.6), precision="fp32",
+                    static_step=True)
+    requests = _requests(engine) + [
+        ("greedy", 1, SamplingParams(temperature=0.0), 5, None, None),
+        (None, 2, SamplingParams(top_k=0, top_p=0.5, temperature=1.5), 6, None, None),
+    ]
+    host, device = Scheduler(engine, 4), Scheduler(engine, 4, sample_in_step=True)  # on a CPU: host by default
+    try:
+        assert device.graph.sampling and not host.graph.sampling
+        expected = [host.run(_sequence(engine, r)) for r in requests]
+        jobs = [device.submit(_sequence(engine, r)) for r in requests]
+        assert all(torch.equal(job.wait(), e) for job, e in zip(jobs, expected))
+        assert all(torch.equal(device.run(_sequence(engine, r)), e) for r, e in zip(requests[:2], expected))
+    finally:
+        host.close()
+        device.close()
 
 
 def _staggered_step(checkpoint, prompts: list[int], **options):
@@ -364,3 +412,49 @@ def test_per_row_attention_that_fails_to_compile_falls_back_to_the_dense_read_st
         keys = step.bucket(2, longest)[1]
         eager = decoder.fixed_step(step.ids, step.pos, 4, step.caches, step.text, keys, 64).clone()
         assert torch.equal(step.decode(2, longest)[:4], eager[:4])
+
+
+def test_slot_generators_take_over_each_requests_random_state_and_hand_it_back(checkpoints):
+    """Under CUDA graphs each slot draws from a generator of its own (the one registered with the graphs), which
+    takes over its request's generator state while the request decodes and hands it back after. Run here with
+    CPU generators: a top-k, a top-p and a greedy request get the tokens sampled on the host, and each request's
+    generator ends in the state host sampling leaves it in (where MultiBand Diffusion's noise continues)."""
+    from musicgen.engine.graphs import GraphStep
+
+    model, tokenizer = load(checkpoints["plain"], torch.device("cpu"))
+    engine = Engine(model, tokenizer, precision="fp32", static_step=True)
+    params = [SamplingParams(top_k=50), SamplingParams(top_p=0.8, cfg_scale=1.0), SamplingParams(temperature=0.0)]
+
+    def run(**options):
+        graph = GraphStep(engine.backend.decoder, 3, 256, 64, **options)
+        sequences, filled = [], 0
+        with torch.inference_mode():
+            for slot, p in enumerate(params):
+                seq = _sequence(engine, (f"prompt {slot}", 1, p, slot, None, None))
+                logits, length, _ = graph.open_window(slot, seq.next_window())
+                seq.consume(logits)
+                if graph.sampling:
+                    graph.attach(slot, seq.window, seq.generator)
+                sequences.append(seq)
+                filled = max(filled, length)
+            for step in range(12):
+                if graph.sampling:
+                    graph.decode(3, filled + 1 + step)
+                    for seq in sequences:
+                        seq.sampled()
+                else:
+                    for slot, seq in enumerate(sequences):
+                        graph.set_column(slot, seq.window.step_ids())
+                    logits = graph.decode(3, filled + 1 + step)
+                    for slot, seq in enumerate(sequences):
+                        seq.consume(logits[graph.rows_of(slot, seq.window.rows)])
+            for slot in range(len(params)):
+                if graph.sampling:
+                    graph.detach(slot)
+        return [seq.window.seq.clone() for seq in sequences], [seq.generator.get_state() for seq in sequences]
+
+    host_tokens, host_states = run()
+    for options in ({"sampling": True, "slot_generators": True}, {"sampling": True}):
+        tokens, states = run(**options)
+        assert all(torch.equal(a, b) for a, b in zip(tokens, host_tokens)), options
+        assert all(torch.equal(a, b) for a, b in zip(states, host_states)), options

@@ -84,9 +84,10 @@ class FastBackend:
         self.graph: GraphStep | None = None  # the one-slot fixed-shape step, made on first use
         self._pos = torch.zeros(1, dtype=torch.long, device=self.decoder.device)
 
-    def graph_step(self, slots: int, length: int, text_length: int = 0) -> GraphStep:
-        """A fixed-shape step of ``slots`` slots over this decoder, compiled when the backend is."""
-        return GraphStep(self.decoder, slots, length, text_length, compile=self.compile)
+    def graph_step(self, slots: int, length: int, text_length: int = 0, sampling: bool | None = False) -> GraphStep:
+        """A fixed-shape step of ``slots`` slots over this decoder, compiled when the backend is (``sampling``:
+        it samples each attached window's next column too; None: when it records CUDA graphs)."""
+        return GraphStep(self.decoder, slots, length, text_length, compile=self.compile, sampling=sampling)
 
     def start(self, cond: Conditioning, length: int) -> None:
         self.rows, self.prefix, self.filled = cond.rows, cond.prefix, 0

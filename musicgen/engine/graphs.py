@@ -20,12 +20,21 @@ up to a length bucket:
   musicgen-medium's shapes that is ~260 MB less per request-step). Past a row's own text its keys are
   masked, and the null condition's (all masked) values are zeros, so a shorter read gives the same result.
 
+With ``sampling`` (the decode loop's form) the step also samples: each attached window's settings, delayed
+token sequence, next column and noise live in per-slot device buffers, and after the logits one batched
+sampler (``musicgen.engine.sampling.SlotSampling``) applies every slot's guidance, temperature, top-k/top-p
+and exponential race, writes each token into its window's free cells and feeds it back as the next column.
+Under CUDA graphs each slot draws from a generator of its own, registered with every graph (each replay
+draws fresh noise), which takes over its request's generator state at ``attach`` and hands it back at
+``detach``: a seed draws the same noise as sampling on the host, token for token. So a step is one replay
+and a few host operations, whatever the number of requests (eagerly, one noise draw per sampling request).
+
 So there are at most log2(slots) + 1 row buckets times (cache length / ``LENGTH_BUCKET``) key buckets (one
 with per-row reads) times log2(text length / ``TEXT_BUCKET``) + 1 text buckets (one without cross-attention)
-shapes; on CUDA
-each gets its CUDA graph at setup (``record``, called in the decode loop's own thread), and requests join
-and leave between steps without recording anything. Nothing in a step reads the device from the host:
-positions, per-row lengths and the mask stay on the device; the host tracks how far each request got.
+shapes; on CUDA each gets its CUDA graph at setup (``record``, called in the decode loop's own thread), and
+requests join and leave between steps without recording anything. Nothing in a step reads the device from the
+host: positions, per-row lengths, the mask and the sampled tokens stay on the device; the host tracks how far
+each request got.
 
 On CPU the same step runs eagerly or through ``torch.compile`` (every shape is a bucket: one compilation,
 no graph break), which is how the tests check what the GPU runs.
@@ -43,6 +52,7 @@ import torch.fx.experimental._config as shape_config
 from musicgen.engine import row_attention
 from musicgen.engine.decoder import FastDecoder, Segment
 from musicgen.engine.kv_cache import CrossKV, KVCache
+from musicgen.engine.sampling import SlotSampling
 from musicgen.errors import reason
 
 log = logging.getLogger(__name__)
@@ -59,12 +69,15 @@ def round_up(n: int, bucket: int) -> int:
 class GraphStep:
     def __init__(self, decoder: FastDecoder, slots: int, length: int, text_length: int = 0,
                  capture: bool | None = None, compile: bool = False, compile_backend: str | Callable | None = None,
-                 per_row: bool | None = None):
+                 per_row: bool | None = None, sampling: bool | None = False, slot_generators: bool | None = None):
         """``slots`` requests of up to ``length`` positions (prefix included) and texts of ``text_length``
         tokens (both grow if a request needs more). ``capture`` (default: on CUDA): replay CUDA graphs;
         ``compile``: the step through ``torch.compile`` (``compile_backend``, default the decoder's), captured on
         CUDA; ``per_row`` (default: compiled on CUDA): each row reads only its own keys
-        (``musicgen.engine.row_attention``), while the step is compiled."""
+        (``musicgen.engine.row_attention``), while the step is compiled; ``sampling`` (None: when capturing):
+        each step also samples the next column of every attached window (``attach``) and feeds it back, inside
+        the CUDA graph (on a CPU, one sampler for every slot costs more than each request's own), with
+        ``slot_generators`` (default: when capturing) each slot drawing from a generator of its own."""
         self.decoder, self.slots, self.rows = decoder, slots, ROWS_PER_SLOT * slots
         device = decoder.device
         self.capture = device.type == "cuda" if capture is None else capture
@@ -79,7 +92,11 @@ class GraphStep:
         self._fn = None
         text_length = round_up(text_length, TEXT_BUCKET)
         self.text: list[CrossKV] | None = decoder.new_text(self.rows, text_length) if decoder.cross else None
+        self.sampling = self.capture if sampling is None else sampling
+        self.windows: list = [None] * slots  # the window attached to each slot (sampled in the step)
         self._grow(length)
+        if self.sampling:
+            self._sampling_state(self.capture if slot_generators is None else slot_generators)
         self.compile_backend = compile_backend or decoder.compile_backend
         self._fn = self._compiled() if compile else decoder.fixed_step
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -158,6 +175,12 @@ class GraphStep:
         if needed <= self.length:
             return False
         self.caches, self.length = grow_caches(self.decoder, self.caches, self.rows, needed)
+        if getattr(self, "seq", None) is not None:  # the windows' tokens: as many columns as the cache
+            old, self.seq = self.seq, self.seq.new_zeros(self.slots, self.seq.shape[1], self.length)
+            self.seq[..., : old.shape[2]] = old
+            for slot, window in enumerate(self.windows):
+                if window is not None:
+                    window.seq = self.seq[slot, :, : window.length]
         if self._fn is not None and self.compiled:  # None while the constructor allocates
             self._mark_static()
         return True
@@ -210,6 +233,107 @@ class GraphStep:
         self.advance[both] = 0
         self.pos[both] = 0
         self.text_lengths[slot] = 0
+        self.windows[slot] = None
+        if self.sampling:  # the request's generator is not handed back: it has left
+            self.request_generators[slot], self.draws[slot] = None, False
+
+    # ------------------------------------------------------------ sampling inside the step
+    def _sampling_state(self, slot_generators: bool) -> None:
+        """What a step that samples reads and writes, at fixed addresses: each slot's settings, its window's
+        delayed token sequence, the next column to sample and which cells of it are free, and its noise."""
+        decoder, device = self.decoder, self.decoder.device
+        codebooks = decoder.num_codebooks
+        self.sampler = SlotSampling(self.slots, device)
+        self.seq = torch.zeros(self.slots, codebooks, self.length, dtype=torch.long, device=device)
+        self.col = torch.zeros(self.slots, dtype=torch.long, device=device)
+        self.first_free = torch.zeros(self.slots, codebooks, dtype=torch.long, device=device)
+        self.last_free = torch.zeros(self.slots, codebooks, dtype=torch.long, device=device)
+        self.noise = torch.ones(self.slots, codebooks, decoder.vocab_out, dtype=torch.float32, device=device)
+        # a CUDA graph draws from generators registered with it when it is recorded: one per slot, which takes
+        # over its request's generator state while the request's window is attached; eagerly, each request's own
+        self.slot_generators = [torch.Generator(device) for _ in range(self.slots)] if slot_generators else None
+        self.generators: list = list(self.slot_generators or [None] * self.slots)
+        self.request_generators: list = [None] * self.slots
+        self.draws = [False] * self.slots  # eagerly: slots whose step draws noise (attached, not greedy)
+
+    def attach(self, slot: int, window, generator: torch.Generator | None) -> None:
+        """From the next step on, the step samples the window's columns itself (a window of a sequence,
+        prefilled in ``slot`` and its first column sampled): its tokens move to the slot's row of ``seq``
+        (``window.seq`` becomes that view), its settings and next column to the device, and its sampling noise
+        comes from ``generator`` (the request's; under CUDA graphs the slot's generator takes over its state
+        until ``detach``)."""
+        self.seq[slot, :, : window.length] = window.seq
+        window.seq = self.seq[slot, :, : window.length]
+        self.col[slot] = window.s
+        self.first_free[slot] = window.first_free
+        self.last_free[slot] = window.last_free
+        self.sampler.set(slot, window.params, window.rows)
+        self.set_column(slot, window.step_ids())
+        self.windows[slot] = window
+        self.request_generators[slot] = generator
+        self.draws[slot] = not window.params.greedy
+        if self.slot_generators is None:
+            self.generators[slot] = generator
+        elif generator is not None:
+            self.slot_generators[slot].set_state(generator.get_state())
+        else:
+            self.slot_generators[slot].seed()
+
+    def detach(self, slot: int) -> None:
+        """The slot's window is no longer sampled by the step (it is done, or sampled on the host from now on);
+        the request's generator takes back the state the slot's generator reached."""
+        generator = self.request_generators[slot]
+        if self.slot_generators is not None and generator is not None and self.draws[slot]:
+            generator.set_state(self.slot_generators[slot].get_state())
+        self.windows[slot], self.request_generators[slot], self.draws[slot] = None, None, False
+
+    def stop_sampling(self) -> None:
+        """Sample on the host from now on: every attached window is detached (its tokens stay in the slot's
+        row of ``seq``, its request's generator takes back its state)."""
+        for slot, window in enumerate(self.windows):
+            if window is not None:
+                self.detach(slot)
+        self.sampling = False
+
+    def _captured_sampling(self, logits: torch.Tensor, slots: int) -> None:
+        if self.sampling:
+            try:
+                self._sample(logits, slots)
+            except Exception as exc:
+                raise _SamplingFailed() from exc
+
+    def _sampling_snapshot(self) -> tuple | None:
+        """What a warm-up run of the sampling changes: the tokens, next columns and column fed back, and the
+        slots' generators."""
+        if not self.sampling:
+            return None
+        return [t.clone() for t in (self.seq, self.col, self.ids)], [g.get_state() for g in self.slot_generators or []]
+
+    def _restore_sampling(self, saved: tuple | None) -> None:
+        if saved is not None:
+            for tensor, copy in zip((self.seq, self.col, self.ids), saved[0]):
+                tensor.copy_(copy)
+            for generator, state in zip(self.slot_generators or [], saved[1]):
+                generator.set_state(state)
+
+    def _sample(self, logits: torch.Tensor, slots: int) -> None:
+        """Each of the first ``slots`` slots' next column from the step's logits, written into its window's
+        cells that are free at that column (prompt and delay cells keep their tokens) and fed back as the
+        next step's column; the slots that decode move to their next column. Only device work: no host read,
+        no branch on a request's settings (with slot generators, as under a CUDA graph, every slot draws its
+        noise)."""
+        for slot in range(slots):
+            if self.slot_generators is not None or self.draws[slot]:
+                self.noise[slot].exponential_(1, generator=self.generators[slot])
+        chosen = self.sampler.sample(logits[0 : 2 * slots : 2], logits[1 : 2 * slots : 2], self.noise[:slots])
+        col, seq = self.col[:slots], self.seq[:slots]
+        stepping = self.advance[0 : 2 * slots : 2]
+        at = col.clamp(max=seq.shape[2] - 1)[:, None, None].expand(-1, seq.shape[1], 1)
+        free = (col[:, None] >= self.first_free[:slots]) & (col[:, None] < self.last_free[:slots]) & (stepping[:, None] > 0)
+        column = torch.where(free, chosen, seq.gather(2, at).squeeze(2))
+        seq.scatter_(2, at, column[..., None])
+        self.ids[: 2 * slots] = column[:, None].expand(-1, ROWS_PER_SLOT, -1).reshape(2 * slots, -1, 1)
+        col.add_(stepping)
 
     # ------------------------------------------------------------ the step
     def decode(self, slots: int, length: int) -> torch.Tensor:
@@ -225,6 +349,8 @@ class GraphStep:
             logits = graph[1]
         else:
             logits = self._run(key)
+            if self.sampling:
+                self._sample(logits, key[0])
         self.pos.add_(self.advance)
         return logits
 
@@ -278,12 +404,17 @@ class GraphStep:
         in the thread that will replay the graphs, before any request decodes (the warm-up writes idle
         rows; rows in flight get what their next step writes anyway). A compiler failure falls back to the
         eager step, a capture failure to replaying nothing, each with one warning; with per-row key reads,
-        a failure first falls back to the dense read, still compiled."""
+        a failure first falls back to the dense read, still compiled; sampling that cannot be captured falls
+        back to sampling on the host."""
         try:
             self._record()
         except Exception as exc:
             self.fallbacks.append(reason(exc))
-            if self.per_row:
+            if isinstance(exc, _SamplingFailed):
+                warn_fallback(exc.__cause__, "sampling each request on the host from now on",
+                              "sampling inside the CUDA graph failed")
+                self.stop_sampling()
+            elif self.per_row:
                 warn_fallback(exc, "reading keys up to the longest active row from now on",
                               "the per-row attention (FlexAttention) step failed")
                 self._per_row = False
@@ -308,22 +439,38 @@ class GraphStep:
         self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for key in self.buckets():
-                self._run(key)  # warm-up (and compilation) outside the capture
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
+        saved = self._sampling_snapshot()
+        try:
+            with torch.cuda.stream(side):
+                for key in self.buckets():
+                    out = self._run(key)  # warm-up (and compilation) outside the capture
+                    self._captured_sampling(out, key[0])
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+        finally:
+            self._restore_sampling(saved)  # the warm-up sampled nothing for the windows in flight
         self.timings["warm_up"] = time.monotonic() - started
         started = time.monotonic()
         graphs = {}
         for key in self.buckets():
             graph = torch.cuda.CUDAGraph()
+            if self.sampling:  # every replay draws fresh noise from each slot's generator
+                try:
+                    for generator in self.slot_generators[: key[0]]:
+                        graph.register_generator_state(generator)
+                except Exception as exc:
+                    raise _SamplingFailed() from exc
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self._run(key)
+                self._captured_sampling(out, key[0])
             graphs[key] = (graph, out)
         torch.cuda.synchronize()
         self.graphs = graphs
         self.timings["capture"] = time.monotonic() - started
+
+
+class _SamplingFailed(Exception):
+    """Sampling inside the recorded step failed (its cause says why); the step itself may still be recorded."""
 
 
 def grow_caches(decoder: FastDecoder, caches: list[KVCache], rows: int, needed: int) -> tuple[list[KVCache], int]:

@@ -81,16 +81,33 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     draws it (``argmax(probs / Exp(1))``, the same noise from the same generator), without its host-side
     checks: (rows, 1) int64. Tokens of probability 0 are never drawn (``multinomial`` could pick one where
     its noise is exactly 0, a 0/0)."""
-    q = torch.empty_like(probs).exponential_(1, generator=generator)
-    race = torch.where(probs > 0, probs / q, -1.0)
-    return race.argmax(dim=-1, keepdim=True)
+    return race(probs, torch.empty_like(probs).exponential_(1, generator=generator))
+
+
+def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``draw`` given its ``Exp(1)`` noise (the shape of ``probs``): the index of the largest probs / noise
+    among tokens of positive probability, keepdim."""
+    return torch.where(probs > 0, probs / noise, -1.0).argmax(dim=-1, keepdim=True)
+
+
+def keep_at_least(probs: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+    """Tokens with probability >= ``kth`` (per row, keepdim), the rest zeroed in vocabulary order,
+    renormalised."""
+    kept = probs * (probs >= kth).float()
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 def top_k_filter(probs: torch.Tensor, k: int) -> torch.Tensor:
     """audiocraft's ``sample_top_k`` distribution: tokens with probability >= the k-th largest (ties kept),
     the rest zeroed in vocabulary order, renormalised."""
-    kth = probs.topk(min(k, probs.shape[-1]), dim=-1).values[..., -1:]
-    kept = probs * (probs >= kth).float()
+    return keep_at_least(probs, probs.topk(min(k, probs.shape[-1]), dim=-1).values[..., -1:])
+
+
+def top_p_sorted(probs_sort: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """audiocraft's ``sample_top_p`` distribution over probabilities sorted in descending order: every token
+    dropped whose preceding mass exceeds ``p`` (the most likely one always stays), renormalised."""
+    mass_before = probs_sort.cumsum(dim=-1) - probs_sort
+    kept = probs_sort * (~(mass_before > p)).float()
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
@@ -98,9 +115,7 @@ def top_p_filter(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Ten
     """audiocraft's ``sample_top_p`` distribution, in descending order: (renormalised sorted probabilities
     with every token dropped whose preceding mass exceeds ``p``, the vocabulary index of each position)."""
     probs_sort, order = probs.sort(dim=-1, descending=True)
-    mass_before = probs_sort.cumsum(dim=-1) - probs_sort
-    kept = probs_sort * (~(mass_before > p)).float()
-    return kept / kept.sum(dim=-1, keepdim=True), order
+    return top_p_sorted(probs_sort, p), order
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
@@ -114,3 +129,43 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     if params.top_k > 0:
         probs = top_k_filter(probs, params.top_k)
     return draw(probs, generator).squeeze(-1)
+
+
+class SlotSampling:
+    """Every decoding request's sampling settings as device tensors, one entry per slot, so that one call
+    samples every slot's next column (``sample``) with no Python branch on anyone's settings: what a CUDA
+    graph of the whole decode step replays. Each slot's tokens are exactly ``sample_next``'s for the same
+    logits, settings and noise (one ``Exp(1)`` draw of (K, vocab) per slot, as ``draw`` takes it)."""
+
+    def __init__(self, slots: int, device: torch.device):
+        f32 = dict(dtype=torch.float32, device=device)
+        self.temperature = torch.ones(slots, **f32)
+        self.top_p = torch.zeros(slots, **f32)
+        self.cfg = torch.ones(slots, **f32)
+        self.top_k = torch.zeros(slots, dtype=torch.long, device=device)
+        self.guided = torch.zeros(slots, dtype=torch.bool, device=device)  # two rows: guidance mixes them
+        self.greedy = torch.zeros(slots, dtype=torch.bool, device=device)
+
+    def set(self, slot: int, params: SamplingParams, rows: int) -> None:
+        """Slot ``slot`` samples with ``params`` (``rows``: 2 with guidance)."""
+        self.temperature[slot] = 1.0 if params.greedy else params.temperature  # a greedy slot's draw is unused
+        self.top_p[slot] = params.top_p
+        self.top_k[slot] = params.top_k
+        self.cfg[slot] = params.cfg_scale
+        self.guided[slot] = rows == 2
+        self.greedy[slot] = params.greedy
+
+    def sample(self, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The first S slots' tokens (S, K) from their conditional and unconditional logits (S, K, vocab) and
+        their noise (S, K, vocab)."""
+        n, vocab = cond.shape[0], cond.shape[-1]
+        per_slot = lambda t: t[:n, None, None]  # noqa: E731
+        scores = torch.where(per_slot(self.guided), apply_cfg(cond, uncond, per_slot(self.cfg)), cond)
+        probs = probabilities(scores, per_slot(self.temperature))
+        probs_sort, order = probs.sort(dim=-1, descending=True)
+        by_p = order.gather(-1, race(top_p_sorted(probs_sort, per_slot(self.top_p)), noise))
+        kth = probs_sort.gather(-1, (per_slot(self.top_k).clamp(1, vocab) - 1).expand(-1, cond.shape[1], 1))
+        by_k = race(keep_at_least(probs, kth), noise)
+        drawn = torch.where(per_slot(self.top_p) > 0, by_p,
+                            torch.where(per_slot(self.top_k) > 0, by_k, race(probs, noise))).squeeze(-1)
+        return torch.where(self.greedy[:n, None], _scores(scores).argmax(dim=-1), drawn)

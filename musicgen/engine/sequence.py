@@ -80,6 +80,10 @@ class WindowRun:
         self.seq[:, self.s] = torch.where(free, chosen, self.seq[:, self.s])
         self.s += 1
 
+    def sampled(self) -> None:
+        """Column ``s`` was sampled into ``seq`` by the decode step itself (``GraphStep.attach``)."""
+        self.s += 1
+
     def tokens(self) -> torch.Tensor:
         """The window's frames, prompt included: (K, P + n_new)."""
         idx = torch.arange(self.N, device=self.seq.device)[None] + 1 + self.delays[:, None]
@@ -165,6 +169,14 @@ class Sequence:
     def consume(self, logits: torch.Tensor) -> None:
         """The current window's next column, from its logits; counts the step."""
         self.window.consume(logits)
+        self._column_done()
+
+    def sampled(self) -> None:
+        """The decode step sampled the current window's next column itself; counts the step."""
+        self.window.sampled()
+        self._column_done()
+
+    def _column_done(self) -> None:
         self.steps += 1
         if self.on_frames is not None:  # frame t is complete once column t + 1 + max delay is sampled
             complete = min(self.window.N, self.window.s - 1 - self.engine.max_delay)

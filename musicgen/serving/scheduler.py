@@ -14,7 +14,9 @@ Two forms of the shared step:
   slot width (padding rows), so that their matrix products see the same shapes whoever else is decoding. A
   request gives the same bytes alone or beside others.
 - the fixed-shape step (``musicgen.engine.graphs``; CUDA default, CUDA graphs): every slot's rows in one call per
-  layer, positions on the device, no host sync. Its matrix products always take every slot's rows (a
+  layer, positions on the device, no host sync; it samples every request's next column itself (inside the
+  graph, with each request's generator state), so a step costs the host one call whatever the number of
+  requests, and each seed gets the tokens sampling on the host would give it. Its matrix products always take every slot's rows (a
   row's result does not depend on the others); attention runs over the active slots' rows, each row reading
   its own keys only when compiled on CUDA (``musicgen.engine.row_attention``), else keys up to the longest
   active row, rounded to buckets, each row masked past its own position. The order an attention kernel sums a
@@ -113,11 +115,12 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, engine, slots: int):
+    def __init__(self, engine, slots: int, sample_in_step: bool | None = None):
         """A decode loop over ``engine``'s decoder with ``slots`` concurrent requests (their KV cache
         preallocated): the fixed-shape step when the engine's backend is static (recorded here, in the loop's
         thread, before this returns), else the segments' step. The reference backend decodes one request at
-        a time."""
+        a time. ``sample_in_step`` (default: under CUDA graphs): the fixed-shape step samples every request's
+        next column itself (inside its CUDA graph), else each request samples after it, on its own."""
         self.engine = engine
         backend = engine.backend
         self.batching = isinstance(backend, FastBackend)
@@ -139,7 +142,8 @@ class Scheduler:
                 # growing one mid-serving would hold two copies and record every graph again
                 shapes = ModelShapes.of(engine.model.config, engine.window_frames)
                 self.graph = backend.graph_step(self.slots, shapes.cache_positions,
-                                                shapes.text_tokens if shapes.cross_attention else 0)
+                                                shapes.text_tokens if shapes.cross_attention else 0,
+                                                sampling=sample_in_step)
                 self.caches = self.graph.caches
             else:
                 self.caches, self.length = grow_caches(decoder, [], ROWS_PER_SLOT * self.slots,
@@ -266,16 +270,24 @@ class Scheduler:
             self._each_alone(stepping)
             return
         self.steps += 1
-        for job, job_logits in zip(stepping, logits):
+        for i, job in enumerate(stepping):
             job.filled += 1
-            self._consume(job, job_logits)
+            if logits is None:  # the step sampled every job's column itself
+                job.sequence.sampled()
+                self._column_done(job)
+            else:
+                self._consume(job, logits[i])
 
     def _rows(self, job: Job) -> slice:
         first = ROWS_PER_SLOT * job.slot
         return slice(first, first + job.sequence.window.rows)
 
-    def _shared_step(self, stepping: list[Job]) -> list[torch.Tensor]:
-        """One column for every stepping job: each job's logits (its rows), in order."""
+    def _shared_step(self, stepping: list[Job]) -> list[torch.Tensor] | None:
+        """One column for every stepping job: each job's logits (its rows), in order; None when the step
+        sampled every job's next column itself (one call, nothing per job)."""
+        if self.graph is not None and self.graph.sampling:
+            self.graph.decode(max(job.slot for job in stepping) + 1, max(job.filled for job in stepping) + 1)
+            return None
         if self.graph is not None:
             for job in stepping:
                 self.graph.set_column(job.slot, job.sequence.window.step_ids())
@@ -291,7 +303,10 @@ class Scheduler:
         """Each job's column decoded alone in the segments' step (over the same caches); a job whose own
         step fails again fails, the others go on. The fixed-shape step's positions advance after."""
         caches = self.graph.caches if self.graph is not None else self.caches
+        sampling = self.graph is not None and self.graph.sampling
         for job in stepping:
+            if sampling:  # sampled on the host for this step
+                self.graph.detach(job.slot)
             try:
                 logits = self.decoder.step(self._padded(job.sequence.window.step_ids()), [self._segment(job)],
                                            caches)
@@ -303,6 +318,7 @@ class Scheduler:
                 self.graph.pos[self.graph.rows_of(job.slot)] += 1
             job.filled += 1
             self._consume(job, logits[: job.sequence.window.rows])
+            self._attach(job)
 
     def _padded(self, ids: torch.Tensor) -> torch.Tensor:
         """Float precisions decode every step at the full slot width (their matmuls' shapes fixed)."""
@@ -314,7 +330,8 @@ class Scheduler:
         window = job.sequence.next_window()
         if self.graph is not None:
             logits, job.filled, job.text = self.graph.open_window(job.slot, window)
-            self._consume(job, logits)
+            self._consume(job, logits)  # its first column, sampled on the host
+            self._attach(job)
             return
         cond = window.cond
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
@@ -332,10 +349,22 @@ class Scheduler:
         pos = torch.tensor([job.filled], device=self.decoder.device)
         return Segment(self._rows(job), pos, job.filled + 1, job.text)
 
+    def _attach(self, job: Job) -> None:
+        """The fixed-shape step samples the job's window from its next step on (when it does so at all and
+        the job is still decoding that window)."""
+        graph = self.graph
+        if graph is not None and graph.sampling and self.active[job.slot] is job and job.sequence.window is not None:
+            graph.attach(job.slot, job.sequence.window, job.sequence.generator)
+
     def _consume(self, job: Job, logits: torch.Tensor) -> None:
+        job.sequence.consume(logits)
+        self._column_done(job)
+
+    def _column_done(self, job: Job) -> None:
         sequence = job.sequence
-        sequence.consume(logits)
         if sequence.window.done:
+            if self.graph is not None and self.graph.windows[job.slot] is sequence.window:
+                self.graph.detach(job.slot)  # its generator's state back to the request
             sequence.finish_window()
             if sequence.done:
                 self._leave(job, sequence.codes())
