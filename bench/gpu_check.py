@@ -63,8 +63,8 @@ say("copy_gb_per_s", round(copy_bandwidth(device, (1 << 30) if device.type == "c
 """
 
 SERVED_KEYS = ["device", "setup_s", "load_s", "warm_up_s", "capture_s", "compiled", "graphs", "shapes", "fallbacks",
-               "per_row", "sampling_in_step", "slots", "precision", "copy_gb_per_s", "weight_gb", "setup.peak_gpu_gib", "e2e_s",
-               "e2e.peak_gpu_gib"]
+               "per_row", "sampling_in_step", "slots", "precision", "copy_gb_per_s", "weight_gb", "setup.peak_gpu_gib",
+               "e2e_s", "e2e.peak_gpu_gib"]
 for _n in (1, 4, 8):
     SERVED_KEYS += [f"c{_n}.{k}" for k in ("audio_s_per_s", "vs_one_client", "p50_s", "p95_s", "steps_per_s",
                                            "gb_per_s", "roofline", "peak_gpu_gib")]

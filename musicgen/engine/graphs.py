@@ -329,7 +329,8 @@ class GraphStep:
         col, seq = self.col[:slots], self.seq[:slots]
         stepping = self.advance[0 : 2 * slots : 2]
         at = col.clamp(max=seq.shape[2] - 1)[:, None, None].expand(-1, seq.shape[1], 1)
-        free = (col[:, None] >= self.first_free[:slots]) & (col[:, None] < self.last_free[:slots]) & (stepping[:, None] > 0)
+        free = (col[:, None] >= self.first_free[:slots]) & (col[:, None] < self.last_free[:slots])
+        free &= stepping[:, None] > 0
         column = torch.where(free, chosen, seq.gather(2, at).squeeze(2))
         seq.scatter_(2, at, column[..., None])
         self.ids[: 2 * slots] = column[:, None].expand(-1, ROWS_PER_SLOT, -1).reshape(2 * slots, -1, 1)

@@ -16,12 +16,12 @@ Two forms of the shared step:
 - the fixed-shape step (``musicgen.engine.graphs``; CUDA default, CUDA graphs): every slot's rows in one call per
   layer, positions on the device, no host sync; it samples every request's next column itself (inside the
   graph, with each request's generator state), so a step costs the host one call whatever the number of
-  requests, and each seed gets the tokens sampling on the host would give it. Its matrix products always take every slot's rows (a
-  row's result does not depend on the others); attention runs over the active slots' rows, each row reading
-  its own keys only when compiled on CUDA (``musicgen.engine.row_attention``), else keys up to the longest
-  active row, rounded to buckets, each row masked past its own position. The order an attention kernel sums a
-  row's keys in may depend on who else decodes (equal on CPU in the tests; not promised on CUDA, whose kernels
-  choose their split by shape).
+  requests, and each seed gets the tokens sampling on the host would give it. Its matrix products always take
+  every slot's rows (a row's result does not depend on the others); attention runs over the active slots'
+  rows, each row reading its own keys only when compiled on CUDA (``musicgen.engine.row_attention``), else keys
+  up to the longest active row, rounded to buckets, each row masked past its own position. The order an
+  attention kernel sums a row's keys in may depend on who else decodes (equal on CPU in the tests; not
+  promised on CUDA, whose kernels choose their split by shape).
 
 When the shared step fails (out of memory), the memory it held is released and each request's column is
 decoded alone; only a request whose own step fails again fails.
