@@ -94,6 +94,7 @@ class GraphStep:
         self.text: list[CrossKV] | None = decoder.new_text(self.rows, text_length) if decoder.cross else None
         self.sampling = self.capture if sampling is None else sampling
         self.windows: list = [None] * slots  # the window attached to each slot (sampled in the step)
+        self._sampling_error: Exception | None = None  # what failed in sampling while recording, if it did
         self._grow(length)
         if self.sampling:
             self._sampling_state(self.capture if slot_generators is None else slot_generators)
@@ -296,11 +297,14 @@ class GraphStep:
         self.sampling = False
 
     def _captured_sampling(self, logits: torch.Tensor, slots: int) -> None:
+        """``_sample`` while recording: a failure is remembered as the sampling's (``record`` falls back from
+        sampling in the step, not from compiling or capturing it)."""
         if self.sampling:
             try:
                 self._sample(logits, slots)
             except Exception as exc:
-                raise _SamplingFailed() from exc
+                self._sampling_error = exc
+                raise
 
     def _sampling_snapshot(self) -> tuple | None:
         """What a warm-up run of the sampling changes: the tokens, next columns and column fed back, and the
@@ -411,8 +415,9 @@ class GraphStep:
             self._record()
         except Exception as exc:
             self.fallbacks.append(reason(exc))
-            if isinstance(exc, _SamplingFailed):
-                warn_fallback(exc.__cause__, "sampling each request on the host from now on",
+            # a sampling failure inside a capture may surface as the capture's own error as it ends
+            if self._sampling_error is not None:
+                warn_fallback(self._sampling_error, "sampling each request on the host from now on",
                               "sampling inside the CUDA graph failed")
                 self.stop_sampling()
             elif self.per_row:
@@ -430,7 +435,7 @@ class GraphStep:
             self.record()
 
     def _record(self) -> None:
-        self.graphs, self.timings = {}, {}
+        self.graphs, self.timings, self._sampling_error = {}, {}, None
         started = time.monotonic()
         if not self.capture:
             for key in self.buckets():
@@ -438,17 +443,17 @@ class GraphStep:
             self.timings["warm_up"] = time.monotonic() - started
             return
         self.pool = torch.cuda.graph_pool_handle()
+        saved = self._sampling_snapshot()  # before the side stream waits: the warm-up runs after the copy
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        saved = self._sampling_snapshot()
         try:
             with torch.cuda.stream(side):
                 for key in self.buckets():
                     out = self._run(key)  # warm-up (and compilation) outside the capture
                     self._captured_sampling(out, key[0])
+        finally:
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize()
-        finally:
             self._restore_sampling(saved)  # the warm-up sampled nothing for the windows in flight
         self.timings["warm_up"] = time.monotonic() - started
         started = time.monotonic()
@@ -460,7 +465,8 @@ class GraphStep:
                     for generator in self.slot_generators[: key[0]]:
                         graph.register_generator_state(generator)
                 except Exception as exc:
-                    raise _SamplingFailed() from exc
+                    self._sampling_error = exc
+                    raise
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self._run(key)
                 self._captured_sampling(out, key[0])
@@ -468,10 +474,6 @@ class GraphStep:
         torch.cuda.synchronize()
         self.graphs = graphs
         self.timings["capture"] = time.monotonic() - started
-
-
-class _SamplingFailed(Exception):
-    """Sampling inside the recorded step failed (its cause says why); the step itself may still be recorded."""
 
 
 def grow_caches(decoder: FastDecoder, caches: list[KVCache], rows: int, needed: int) -> tuple[list[KVCache], int]:

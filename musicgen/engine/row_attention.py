@@ -22,7 +22,10 @@ The choice, among the ways to give each row its own length:
 FlexAttention runs fused only when compiled (eagerly it materialises every score: no saving), so the step
 uses it only when compiled, on CUDA by default; if compiling it fails, the step falls back to the dense
 read (``GraphStep.record``) and says so. On a CPU the served step is the segments' step, which already reads
-each request's own keys.
+each request's own keys. The step is compiled with symbolic sizes (one compilation serves every bucket), and
+inductor's split-KV decode kernel needs a static batch, so it takes its main FlexAttention kernel: the same
+blocks read, one program per row and head, no split of a row's keys. Whether a static batch (one compilation
+per slot bucket) pays for itself is for a GPU run to measure.
 """
 
 from __future__ import annotations

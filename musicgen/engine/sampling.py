@@ -27,6 +27,7 @@ unconditional logits before any of this.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +66,16 @@ def _scores(logits: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(logits.float(), nan=_F32.min, posinf=_F32.max, neginf=_F32.min)
 
 
-def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, temperature: float | torch.Tensor,
+                  divide: Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor] = torch.div) -> torch.Tensor:
     """softmax(logits / temperature) over the last dimension (audiocraft's order of operations), in float32,
     always a valid distribution: in a row where ``logits / temperature`` overflows, the row's maximum is
-    subtracted before dividing (the same softmax, computed without inf - inf)."""
+    subtracted before dividing (the same softmax, computed without inf - inf). ``divide(x, temperature)``: how
+    the division is computed (``SlotSampling`` reproduces CUDA's division by a Python number)."""
     scores = _scores(logits)
-    scaled = scores / temperature
+    scaled = divide(scores, temperature)
     overflow = torch.isinf(scaled.amax(dim=-1, keepdim=True))
-    shifted = (scores - scores.amax(dim=-1, keepdim=True)) / temperature  # <= 0, the maximum exactly 0
+    shifted = divide(scores - scores.amax(dim=-1, keepdim=True), temperature)  # <= 0, the maximum exactly 0
     return torch.softmax(torch.where(overflow, shifted, scaled), dim=-1)
 
 
@@ -140,6 +143,9 @@ class SlotSampling:
     def __init__(self, slots: int, device: torch.device):
         f32 = dict(dtype=torch.float32, device=device)
         self.temperature = torch.ones(slots, **f32)
+        # CUDA divides a tensor by a Python number as a product with its float32 reciprocal (one bit from the
+        # quotient at times): sampling a request on its own does that, so the batched form must too
+        self.reciprocal = torch.ones(slots, **f32) if device.type == "cuda" else None
         self.top_p = torch.zeros(slots, **f32)
         self.cfg = torch.ones(slots, **f32)
         self.top_k = torch.zeros(slots, dtype=torch.long, device=device)
@@ -148,7 +154,10 @@ class SlotSampling:
 
     def set(self, slot: int, params: SamplingParams, rows: int) -> None:
         """Slot ``slot`` samples with ``params`` (``rows``: 2 with guidance)."""
-        self.temperature[slot] = 1.0 if params.greedy else params.temperature  # a greedy slot's draw is unused
+        temperature = 1.0 if params.greedy else params.temperature  # a greedy slot's draw is unused
+        self.temperature[slot] = temperature
+        if self.reciprocal is not None:  # 1 / t in float32, as CUDA's kernel takes it
+            self.reciprocal[slot] = 1.0 / torch.tensor(temperature, dtype=torch.float32)
         self.top_p[slot] = params.top_p
         self.top_k[slot] = params.top_k
         self.cfg[slot] = params.cfg_scale
@@ -161,7 +170,10 @@ class SlotSampling:
         n, vocab = cond.shape[0], cond.shape[-1]
         per_slot = lambda t: t[:n, None, None]  # noqa: E731
         scores = torch.where(per_slot(self.guided), apply_cfg(cond, uncond, per_slot(self.cfg)), cond)
-        probs = probabilities(scores, per_slot(self.temperature))
+        if self.reciprocal is None:
+            probs = probabilities(scores, per_slot(self.temperature))
+        else:
+            probs = probabilities(scores, per_slot(self.reciprocal), torch.mul)
         probs_sort, order = probs.sort(dim=-1, descending=True)
         by_p = order.gather(-1, race(top_p_sorted(probs_sort, per_slot(self.top_p)), noise))
         kth = probs_sort.gather(-1, (per_slot(self.top_k).clamp(1, vocab) - 1).expand(-1, cond.shape[1], 1))
