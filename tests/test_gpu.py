@@ -52,12 +52,7 @@ def test_a_decode_step_and_its_sampling_never_wait_for_the_device(checkpoints):
         assert graph.sampling and graph.graphs, graph.fallbacks
         sequences = [_sequence(engine, text, 1, i) for i, text in enumerate(("a", "drums", None, "strings"))]
         with torch.inference_mode():
-            filled = 0
-            for slot, seq in enumerate(sequences):
-                logits, length, _ = graph.open_window(slot, seq.next_window())
-                seq.consume(logits)
-                graph.attach(slot, seq.window, seq.generator)
-                filled = max(filled, length)
+            filled = max(graph.begin(slot, seq)[0] for slot, seq in enumerate(sequences))
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:

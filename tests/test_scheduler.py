@@ -249,16 +249,10 @@ class _Calls(_Ops):
 
 
 def _attached(engine, graph, params, texts):
-    """One request per slot with ``params``, its window opened, its first column sampled and attached to the
-    step, as the decode loop does it. Returns their sequences and the longest filled length."""
+    """One request per slot with ``params``, its window begun in the step as the decode loop begins it (opened,
+    its first column sampled, attached). Returns their sequences and the longest filled length."""
     sequences = [_sequence(engine, (text, 1, p, i, None, None)) for i, (text, p) in enumerate(zip(texts, params))]
-    filled = 0
-    for slot, seq in enumerate(sequences):
-        logits, length, _ = graph.open_window(slot, seq.next_window())
-        seq.consume(logits)
-        graph.attach(slot, seq.window, seq.generator)
-        filled = max(filled, length)
-    return sequences, filled
+    return sequences, max(graph.begin(slot, seq)[0] for slot, seq in enumerate(sequences))
 
 
 @pytest.mark.parametrize("kind", ["plain", "melody"])
@@ -430,13 +424,8 @@ def test_slot_generators_take_over_each_requests_random_state_and_hand_it_back(c
         sequences, filled = [], 0
         with torch.inference_mode():
             for slot, p in enumerate(params):
-                seq = _sequence(engine, (f"prompt {slot}", 1, p, slot, None, None))
-                logits, length, _ = graph.open_window(slot, seq.next_window())
-                seq.consume(logits)
-                if graph.sampling:
-                    graph.attach(slot, seq.window, seq.generator)
-                sequences.append(seq)
-                filled = max(filled, length)
+                sequences.append(_sequence(engine, (f"prompt {slot}", 1, p, slot, None, None)))
+                filled = max(filled, graph.begin(slot, sequences[-1])[0])  # attached when the step samples
             for step in range(12):
                 if graph.sampling:
                     graph.decode(3, filled + 1 + step)

@@ -225,6 +225,18 @@ class GraphStep:
         ids = window.prefill_ids()
         return self.prefill(slot, ids, cond.prefix, views), prefix_len + ids.shape[-1], views
 
+    def begin(self, slot: int, sequence) -> tuple[int, list[CrossKV] | None]:
+        """A sequence's (``musicgen.engine.sequence.Sequence``) next window in ``slot``, as the decode loop starts
+        it: opened and prefilled (``open_window``), its first column sampled on the host (``sequence.consume``),
+        and attached to the step when the step samples (unless that column ended the window). Returns the
+        positions filled and the slot's rows of the text buffers."""
+        window = sequence.next_window()
+        logits, filled, text = self.open_window(slot, window)
+        sequence.consume(logits)
+        if self.sampling and not window.done:
+            self.attach(slot, window, sequence.generator)
+        return filled, text
+
     def set_column(self, slot: int, ids: torch.Tensor) -> None:
         """The column ``ids`` (rows, K, 1) the slot decodes next (one row fills both)."""
         self.ids[self.rows_of(slot)] = ids

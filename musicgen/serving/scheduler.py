@@ -327,12 +327,11 @@ class Scheduler:
         return ids
 
     def _start_window(self, job: Job) -> None:
-        window = job.sequence.next_window()
         if self.graph is not None:
-            logits, job.filled, job.text = self.graph.open_window(job.slot, window)
-            self._consume(job, logits)  # its first column, sampled on the host
-            self._attach(job)
+            job.filled, job.text = self.graph.begin(job.slot, job.sequence)
+            self._column_done(job)
             return
+        window = job.sequence.next_window()
         cond = window.cond
         prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
         length = prefix_len + window.prefill_ids().shape[-1]
