@@ -17,10 +17,10 @@ import sys
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from musicgen_dev import bench
 from musicgen_dev.checkpoints import build_random_model
+from musicgen_dev.ops import Ops
 from musicgen.engine.engine import Engine
 from musicgen.engine.graphs import GraphStep
 from musicgen.engine.sampling import SamplingParams, SlotSampling, apply_cfg, sample_next
@@ -30,16 +30,6 @@ SETTINGS = [SamplingParams(top_k=250), SamplingParams(top_k=0, top_p=0.9), Sampl
             SamplingParams(top_k=50)]
 
 
-class Calls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def ops_per_step(engine: Engine, slots: int, requests: int, sampling: bool, steps: int = 10) -> float:
     """Operator calls per decode step beyond the decoder's own, ``requests`` requests in a ``slots``-slot step."""
     graph = GraphStep(engine.backend.decoder, slots, 512, 64, sampling=sampling)
@@ -47,9 +37,9 @@ def ops_per_step(engine: Engine, slots: int, requests: int, sampling: bool, step
                           torch.Generator(engine.device).manual_seed(i)) for i in range(requests)]
     with torch.inference_mode():
         filled = max(graph.begin(slot, seq)[0] for slot, seq in enumerate(sequences))
-        with Calls() as decoder_only:
+        with Ops() as decoder_only:
             graph._run(graph.bucket(slots, filled + 1, max(graph.text_lengths)))
-        with Calls() as counted:
+        with Ops() as counted:
             for step in range(steps):
                 if sampling:
                     graph.decode(slots, filled + 1 + step)

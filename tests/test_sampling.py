@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from musicgen.engine.sampling import SamplingParams, apply_cfg, probabilities, sample_next, top_k_filter, top_p_filter
 from musicgen.engine.sampling import draw as race
+from musicgen_dev.ops import Ops
 
 DRAWS = 4000
 
@@ -134,25 +134,13 @@ def test_the_same_generator_draws_audiocrafts_token(params):
         assert torch.equal(ours, audiocraft_next_token(logits, params, torch.Generator().manual_seed(seed))), seed
 
 
-class _Ops(TorchDispatchMode):
-    """Records the ATen operators a piece of code runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_p=0.9), SamplingParams(top_k=0),
                                     SamplingParams(temperature=0.0)])
 def test_sampling_never_reads_a_value_on_the_host(params):
     """No .item()/bool() (aten._local_scalar_dense, a device sync), no torch.multinomial (two of them
     inside), and no Python branch on a value: it runs on meta tensors, which hold no values at all."""
     logits = torch.randn(6, 2048, generator=torch.Generator().manual_seed(0))
-    with _Ops() as recorded:
+    with Ops() as recorded:
         sample_next(logits, params, torch.Generator().manual_seed(0))
     assert recorded.ops and not recorded.ops & {"_local_scalar_dense", "multinomial", "item"}
     assert sample_next(torch.empty(6, 2048, device="meta"), params, None).shape == (6,)

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tone
 from musicgen.engine.engine import Engine, WindowSettings
@@ -16,6 +15,7 @@ from musicgen.engine.loading import load
 from musicgen.engine.sampling import SamplingParams
 from musicgen.engine.sequence import Sequence
 from musicgen.serving.scheduler import Cancelled, Scheduler
+from musicgen_dev.ops import Ops
 
 
 def _requests(engine):
@@ -219,33 +219,9 @@ def test_the_shared_step_failing_for_lack_of_memory_decodes_each_request_alone(c
         scheduler.close()
 
 
-class _Ops(TorchDispatchMode):
-    """The ATen operators a piece of code runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.__name__.split(".")[0])
-        return func(*args, **(kwargs or {}))
-
-
 # what reads a value back to the host (on a GPU, each waits for the device), or decides a shape from values
 HOST_READS = {"_local_scalar_dense", "item", "equal", "nonzero", "masked_select", "multinomial", "unique",
               "_unique2", "repeat_interleave"}
-
-
-class _Calls(_Ops):
-    """The number of ATen operator calls a piece of code makes."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return super().__torch_dispatch__(func, types, args, kwargs)
 
 
 def _attached(engine, graph, params, texts):
@@ -273,12 +249,12 @@ def test_a_fixed_step_its_sampling_and_its_bookkeeping_never_read_the_device(che
         with torch.inference_mode():
             for n in (4, 1):
                 sequences, filled = _attached(engine, graph, params[:n], ("a", "drums", None, "strings")[:n])
-                with _Ops() as recorded, _Calls() as counted:
+                with Ops() as recorded:
                     for step in range(10):
                         graph.decode(graph.slots, filled + 1 + step)  # every slot's shape: only requests vary
                         for seq in sequences:
                             seq.sampled()
-                calls[n] = counted.count / 10
+                calls[n] = recorded.count / 10
                 assert "scatter_" in recorded.ops  # the step did sample under the recorder
                 assert not recorded.ops & HOST_READS, recorded.ops & HOST_READS
                 assert all(seq.steps == 11 for seq in sequences)
@@ -346,7 +322,7 @@ def test_per_row_attention_reads_only_each_rows_keys_and_decodes_the_same_step(c
                                    graph.bucket(graph.slots, int(graph.pos.max()) + 1)[1], 64).clone()
         per_row = decoder.fixed_step(graph.ids, graph.pos, rows, graph.caches, graph.text, graph.length, 64,
                                      per_row=True)
-        with _Ops() as recorded:  # the mask is all the per-row step adds to the host's side of a step
+        with Ops() as recorded:  # the mask is all the per-row step adds to the host's side of a step
             mask = row_attention.row_blocks(graph.pos[:rows], graph.length)
     difference = (per_row[:rows] - dense[:rows]).abs().max()
     assert difference < 1e-5, difference
