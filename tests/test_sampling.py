@@ -224,3 +224,40 @@ def test_sampling_params_come_from_the_request_by_keyword():
     request = GenerationRequest(temperature=0.7, top_k=12, top_p=0.3, classifier_free_guidance=5)
     assert SamplingParams.of(request) == SamplingParams(temperature=0.7, top_k=12, top_p=0.3, cfg_scale=5.0)
     assert SamplingParams.of(GenerationRequest()) == SamplingParams()  # one set of defaults
+
+
+def test_every_slot_sampled_at_once_picks_each_requests_own_token():
+    """``SlotSampling`` (every slot of the decode step at once, on device tensors: what a CUDA graph replays)
+    picks, slot by slot, exactly the token ``sample_next`` picks from the same logits, settings and noise: top-k
+    (past the vocabulary too), top-p, plain, greedy, a temperature too small to divide by, guidance on and off,
+    over ties, NaN and infinite logits."""
+    from musicgen.engine.sampling import SlotSampling
+
+    settings = [SamplingParams(top_k=250), SamplingParams(top_k=0, top_p=0.9), SamplingParams(temperature=0.0),
+                SamplingParams(top_k=0), SamplingParams(top_k=3000), SamplingParams(temperature=0.3, top_k=5),
+                SamplingParams(temperature=1e-40, top_k=50), SamplingParams(top_k=1),
+                SamplingParams(top_p=0.01, cfg_scale=1.0), SamplingParams(top_k=50, cfg_scale=10.0)]
+    slots, codebooks, vocab = len(settings), 4, 2048
+    sampler = SlotSampling(slots, torch.device("cpu"))
+    rows = [1 if p.cfg_scale == 1.0 else 2 for p in settings]
+    for slot, (params, n) in enumerate(zip(settings, rows)):
+        sampler.set(slot, params, n)
+    for trial in range(12):
+        logits = torch.randn(2 * slots, codebooks, vocab, generator=torch.Generator().manual_seed(trial)) * (1 + trial)
+        if trial % 3 == 0:
+            logits[0, 0, :100] = 5.0
+            logits[3, 1] = float("nan")
+            logits[4, 2, 7] = float("inf")
+        if trial % 4 == 1:
+            logits = logits.round()  # many ties
+        noise = torch.ones(slots, codebooks, vocab)
+        expected = []
+        for slot, params in enumerate(settings):
+            cond, uncond = logits[2 * slot], logits[2 * slot + 1]
+            scores = cond if rows[slot] == 1 else apply_cfg(cond, uncond, params.cfg_scale)
+            expected.append(sample_next(scores, params, torch.Generator().manual_seed(100 * trial + slot)))
+            if not params.greedy:  # the same Exp(1) draw sample_next made
+                noise[slot].exponential_(1, generator=torch.Generator().manual_seed(100 * trial + slot))
+        chosen = sampler.sample(logits[0::2], logits[1::2], noise)
+        for slot in range(slots):
+            assert torch.equal(chosen[slot], expected[slot]), (trial, settings[slot])
