@@ -21,5 +21,5 @@ def reason(exc: BaseException) -> str:
     inner = getattr(exc, "inner_exception", None)
     if isinstance(inner, BaseException) and inner is not exc:
         return reason(inner)
-    lines = [line for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

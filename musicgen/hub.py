@@ -31,7 +31,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from musicgen.engine import layout, mbd_weights, stems
-from musicgen.errors import MusicGenError, WeightsNotFoundError
+from musicgen.errors import MusicGenError, WeightsNotFoundError, reason
 from musicgen.manifest import DOWNLOADING, FAILED, NAME, VERIFIED, VERIFYING, FileRecord, Manifest
 from musicgen.settings import Settings, repo_id_problem, weights_dir_for
 
@@ -295,8 +295,7 @@ def download_failure(exc: Exception, repo: str, revision: str | None) -> str:
         return f"{repo} is gated on {hub}: accept its terms on its page and set HF_TOKEN"
     if isinstance(exc, RepositoryNotFoundError):
         return f"there is no repository {repo}{at} on {hub} that can be read (a private one needs HF_TOKEN)"
-    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""  # the caller ends the sentence
-    return f"{type(exc).__name__}{': ' + first if first else ''}"
+    return reason(exc).rstrip(".")  # the caller ends the sentence
 
 
 def fetch(weights: Weights, directory: Path, settings: Settings, allow_download: bool) -> Path:

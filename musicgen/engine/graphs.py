@@ -94,6 +94,7 @@ class GraphStep:
         self.text: list[CrossKV] | None = decoder.new_text(self.rows, text_length) if decoder.cross else None
         self.sampling = self.capture if sampling is None else sampling
         self.windows: list = [None] * slots  # the window attached to each slot (sampled in the step)
+        self.seq: torch.Tensor | None = None  # their tokens (``_sampling_state``)
         self._sampling_error: Exception | None = None  # what failed in sampling while recording, if it did
         self._grow(length)
         if self.sampling:
@@ -176,7 +177,7 @@ class GraphStep:
         if needed <= self.length:
             return False
         self.caches, self.length = grow_caches(self.decoder, self.caches, self.rows, needed)
-        if getattr(self, "seq", None) is not None:  # the windows' tokens: as many columns as the cache
+        if self.seq is not None:  # the windows' tokens: as many columns as the cache
             old, self.seq = self.seq, self.seq.new_zeros(self.slots, self.seq.shape[1], self.length)
             self.seq[..., : old.shape[2]] = old
             for slot, window in enumerate(self.windows):
@@ -248,7 +249,7 @@ class GraphStep:
         self.text_lengths[slot] = 0
         self.windows[slot] = None
         if self.sampling:  # the request's generator is not handed back: it has left
-            self.request_generators[slot], self.draws[slot] = None, False
+            self.request_generators[slot] = None
 
     # ------------------------------------------------------------ sampling inside the step
     def _sampling_state(self, slot_generators: bool) -> None:
@@ -265,9 +266,7 @@ class GraphStep:
         # a CUDA graph draws from generators registered with it when it is recorded: one per slot, which takes
         # over its request's generator state while the request's window is attached; eagerly, each request's own
         self.slot_generators = [torch.Generator(device) for _ in range(self.slots)] if slot_generators else None
-        self.generators: list = list(self.slot_generators or [None] * self.slots)
         self.request_generators: list = [None] * self.slots
-        self.draws = [False] * self.slots  # eagerly: slots whose step draws noise (attached, not greedy)
 
     def attach(self, slot: int, window, generator: torch.Generator | None) -> None:
         """From the next step on, the step samples the window's columns itself (a window of a sequence,
@@ -284,10 +283,9 @@ class GraphStep:
         self.set_column(slot, window.step_ids())
         self.windows[slot] = window
         self.request_generators[slot] = generator
-        self.draws[slot] = not window.params.greedy
         if self.slot_generators is None:
-            self.generators[slot] = generator
-        elif generator is not None:
+            return
+        if generator is not None:
             self.slot_generators[slot].set_state(generator.get_state())
         else:
             self.slot_generators[slot].seed()
@@ -296,9 +294,14 @@ class GraphStep:
         """The slot's window is no longer sampled by the step (it is done, or sampled on the host from now on);
         the request's generator takes back the state the slot's generator reached."""
         generator = self.request_generators[slot]
-        if self.slot_generators is not None and generator is not None and self.draws[slot]:
+        if self.slot_generators is not None and generator is not None and self._draws(slot):
             generator.set_state(self.slot_generators[slot].get_state())
-        self.windows[slot], self.request_generators[slot], self.draws[slot] = None, None, False
+        self.windows[slot], self.request_generators[slot] = None, None
+
+    def _draws(self, slot: int) -> bool:
+        """Whether the slot's window draws noise when sampled (it is attached and not greedy)."""
+        window = self.windows[slot]
+        return window is not None and not window.params.greedy
 
     def stop_sampling(self) -> None:
         """Sample on the host from now on: every attached window is detached (its tokens stay in the slot's
@@ -339,8 +342,10 @@ class GraphStep:
         no branch on a request's settings (with slot generators, as under a CUDA graph, every slot draws its
         noise)."""
         for slot in range(slots):
-            if self.slot_generators is not None or self.draws[slot]:
-                self.noise[slot].exponential_(1, generator=self.generators[slot])
+            if self.slot_generators is not None:
+                self.noise[slot].exponential_(1, generator=self.slot_generators[slot])
+            elif self._draws(slot):
+                self.noise[slot].exponential_(1, generator=self.request_generators[slot])
         chosen = self.sampler.sample(logits[0 : 2 * slots : 2], logits[1 : 2 * slots : 2], self.noise[:slots])
         col, seq = self.col[:slots], self.seq[:slots]
         stepping = self.advance[0 : 2 * slots : 2]

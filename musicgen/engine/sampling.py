@@ -142,10 +142,11 @@ class SlotSampling:
 
     def __init__(self, slots: int, device: torch.device):
         f32 = dict(dtype=torch.float32, device=device)
-        self.temperature = torch.ones(slots, **f32)
         # CUDA divides a tensor by a Python number as a product with its float32 reciprocal (one bit from the
-        # quotient at times): sampling a request on its own does that, so the batched form must too
-        self.reciprocal = torch.ones(slots, **f32) if device.type == "cuda" else None
+        # quotient at times): sampling a request on its own does that, so there the batched form holds 1 / t
+        # and multiplies; a CPU divides by t
+        self._divide = torch.mul if device.type == "cuda" else torch.div
+        self.temperature = torch.ones(slots, **f32)  # t, or 1 / t on CUDA
         self.top_p = torch.zeros(slots, **f32)
         self.cfg = torch.ones(slots, **f32)
         self.top_k = torch.zeros(slots, dtype=torch.long, device=device)
@@ -155,9 +156,9 @@ class SlotSampling:
     def set(self, slot: int, params: SamplingParams, rows: int) -> None:
         """Slot ``slot`` samples with ``params`` (``rows``: 2 with guidance)."""
         temperature = 1.0 if params.greedy else params.temperature  # a greedy slot's draw is unused
+        if self._divide is torch.mul:  # 1 / t in float32, as CUDA's kernel takes it
+            temperature = 1.0 / torch.tensor(temperature, dtype=torch.float32)
         self.temperature[slot] = temperature
-        if self.reciprocal is not None:  # 1 / t in float32, as CUDA's kernel takes it
-            self.reciprocal[slot] = 1.0 / torch.tensor(temperature, dtype=torch.float32)
         self.top_p[slot] = params.top_p
         self.top_k[slot] = params.top_k
         self.cfg[slot] = params.cfg_scale
@@ -170,10 +171,7 @@ class SlotSampling:
         n, vocab = cond.shape[0], cond.shape[-1]
         per_slot = lambda t: t[:n, None, None]  # noqa: E731
         scores = torch.where(per_slot(self.guided), apply_cfg(cond, uncond, per_slot(self.cfg)), cond)
-        if self.reciprocal is None:
-            probs = probabilities(scores, per_slot(self.temperature))
-        else:
-            probs = probabilities(scores, per_slot(self.reciprocal), torch.mul)
+        probs = probabilities(scores, per_slot(self.temperature), self._divide)
         probs_sort, order = probs.sort(dim=-1, descending=True)
         by_p = order.gather(-1, race(top_p_sorted(probs_sort, per_slot(self.top_p)), noise))
         kth = probs_sort.gather(-1, (per_slot(self.top_k).clamp(1, vocab) - 1).expand(-1, cond.shape[1], 1))
